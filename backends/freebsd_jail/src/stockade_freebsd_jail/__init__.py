@@ -1,0 +1,1 @@
+"""stockade-freebsd-jail: FreeBSD jail isolation and rctl quota."""

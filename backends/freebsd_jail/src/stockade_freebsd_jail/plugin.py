@@ -1,0 +1,10 @@
+"""Entry point of the freebsd_jail plugin: registers its backends (nothing platform-specific is imported)."""
+
+from __future__ import annotations
+
+from stockade.plugins import Registry, hookimpl
+
+
+@hookimpl
+def stockade_register_backends(registry: Registry) -> None:
+    return None

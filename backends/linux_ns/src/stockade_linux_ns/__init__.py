@@ -1,0 +1,1 @@
+"""stockade-linux-ns: isolation through Linux namespaces, quota through cgroups."""

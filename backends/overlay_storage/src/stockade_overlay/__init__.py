@@ -1,0 +1,1 @@
+"""stockade-overlay: copy-on-write root file systems on overlayfs."""

@@ -1,0 +1,1 @@
+"""stockade: one API over OS-level virtualization (Linux namespaces, FreeBSD jails)."""

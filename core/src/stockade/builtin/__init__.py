@@ -1,0 +1,1 @@
+"""Built-in plugins of the stockade distribution, registered like any third party's."""
