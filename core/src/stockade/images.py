@@ -18,9 +18,24 @@ DEFAULT_IMAGE = "default"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox", "/usr/lib/busybox/busybox-static")
 
 _DIRS = {
-    "bin": 0o755, "sbin": 0o755, "usr": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755, "etc": 0o755,
-    "dev": 0o755, "proc": 0o555, "sys": 0o555, "run": 0o755, "tmp": 0o1777, "var": 0o755,
-    "var/tmp": 0o1777, "var/log": 0o755, "root": 0o700, "home": 0o755, "mnt": 0o755, "opt": 0o755,
+    "bin": 0o755,
+    "sbin": 0o755,
+    "usr": 0o755,
+    "usr/bin": 0o755,
+    "usr/sbin": 0o755,
+    "etc": 0o755,
+    "dev": 0o755,
+    "proc": 0o555,
+    "sys": 0o555,
+    "run": 0o755,
+    "tmp": 0o1777,
+    "var": 0o755,
+    "var/tmp": 0o1777,
+    "var/log": 0o755,
+    "root": 0o700,
+    "home": 0o755,
+    "mnt": 0o755,
+    "opt": 0o755,
 }
 _FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
@@ -29,7 +44,9 @@ _FILES = {
     "etc/hostname": "stockade\n",
     "etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     "etc/resolv.conf": "",
-    "etc/os-release": 'NAME="stockade default"\nID=stockade\nPRETTY_NAME="stockade default image (busybox)"\n',
+    "etc/os-release": (
+        'NAME="stockade default"\nID=stockade\nPRETTY_NAME="stockade default image (busybox)"\n'
+    ),
 }
 
 

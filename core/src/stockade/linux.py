@@ -41,8 +41,9 @@ def _b(s: str | bytes | None) -> bytes | None:
     return s.encode() if isinstance(s, str) else s
 
 
-def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,
-          data: str | None = None) -> None:
+def mount(
+    source: str | None, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None
+) -> None:
     if libc().mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"mount {fstype or 'bind'} {source!r} on {target!r}: {os.strerror(e)}", target)

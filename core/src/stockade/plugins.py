@@ -8,6 +8,7 @@ name (``STOCKADE_DISABLE_PLUGINS=a,b`` or ``PluginManager(blocked=...)``).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -53,8 +54,9 @@ class Registry:
         key = (kind, name)
         if key in self._items and self._items[key].factory is not factory:
             prev = self._items[key].plugin
-            raise ValueError(f"{kind} backend {name!r} registered twice (by {prev!r} and "
-                             f"{self.current_plugin!r})")
+            raise ValueError(
+                f"{kind} backend {name!r} registered twice (by {prev!r} and {self.current_plugin!r})"
+            )
         self._items[key] = Registration(name, kind, factory, self.current_plugin)
 
     def of_kind(self, kind: Kind) -> list[Registration]:
@@ -75,8 +77,12 @@ class Registry:
 class PluginManager:
     """pluggy's manager plus the backend registry, loaded once per process."""
 
-    def __init__(self, blocked: Iterable[str] = (), extra: Iterable[tuple[str, ModuleType | object]] = (),
-                 load_entry_points: bool = True) -> None:
+    def __init__(
+        self,
+        blocked: Iterable[str] = (),
+        extra: Iterable[tuple[str, ModuleType | object]] = (),
+        load_entry_points: bool = True,
+    ) -> None:
         env_blocked = {b.strip() for b in os.environ.get("STOCKADE_DISABLE_PLUGINS", "").split(",")}
         self.blocked = set(blocked) | {b for b in env_blocked if b}
         self.pm = pluggy.PluginManager("stockade")
@@ -119,12 +125,7 @@ class PluginManager:
         return backend
 
 
-_default: PluginManager | None = None
-
-
+@functools.cache
 def default_manager() -> PluginManager:
     """The process-wide manager: entry points are scanned once, not per Host or per call."""
-    global _default
-    if _default is None:
-        _default = PluginManager()
-    return _default
+    return PluginManager()

@@ -16,7 +16,9 @@ from .errors import SpecError
 from .features import Restriction
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-HOSTNAME_RE = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
@@ -35,7 +37,9 @@ def parse_size(value: object) -> int:
         return value
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
-        if m and (m.group(3).lower() in ("", "b", "ib") and not (m.group(3).lower() == "ib" and not m.group(2))):
+        if m and (
+            m.group(3).lower() in ("", "b", "ib") and not (m.group(3).lower() == "ib" and not m.group(2))
+        ):
             return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     raise ValueError(f"{value!r} is not a size (use bytes or a number with K, M, G, T: '64M')")
 
@@ -93,11 +97,22 @@ class Resources:
     io: IOLimits = field(default_factory=IOLimits)
 
     def any_cgroup_limit(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.memory, self.memory_swap, self.memory_reservation, self.cpus, self.cpu_weight,
-                      self.cpuset_cpus, self.cpuset_mems, self.pids)
-        ) or self.io.any()
+        return (
+            any(
+                v is not None
+                for v in (
+                    self.memory,
+                    self.memory_swap,
+                    self.memory_reservation,
+                    self.cpus,
+                    self.cpu_weight,
+                    self.cpuset_cpus,
+                    self.cpuset_mems,
+                    self.pids,
+                )
+            )
+            or self.io.any()
+        )
 
 
 @dataclass(frozen=True)
@@ -200,14 +215,15 @@ class InstanceSpec:
         d["process"]["additional_gids"] = list(self.process.additional_gids)
         d["mounts"] = [dict(m, options=list(m["options"])) for m in d["mounts"]]
         net = d["network"]
-        net["publish"] = [dict(x) for x in net["publish"]]
+        net["publish"] = [f"{x.host_ip}:{x.host_port}:{x.port}/{x.protocol}" for x in self.network.publish]
         net["dns"] = list(net["dns"])
         if self.user_namespace is not None:
             d["user_namespace"] = {
                 "uid_map": [list(asdict(m).values()) for m in self.user_namespace.uid_map],
                 "gid_map": [list(asdict(m).values()) for m in self.user_namespace.gid_map],
             }
-        return _drop_none(d)
+        out: dict[str, Any] = _drop_none(d)
+        return out
 
     def with_name(self, name: str) -> InstanceSpec:
         return replace(self, name=name)
@@ -341,7 +357,7 @@ def _str_list(p: _Problems, path: str, v: Any) -> tuple[str, ...] | None:
     return tuple(v)
 
 
-def _build(p: _Problems, data: Mapping[str, Any]) -> InstanceSpec | None:
+def _build(p: _Problems, data: Any) -> InstanceSpec | None:
     if not isinstance(data, Mapping):
         p.add("", "spec must be a table")
         return None
@@ -354,8 +370,11 @@ def _build(p: _Problems, data: Mapping[str, Any]) -> InstanceSpec | None:
             p.add("name", "is required")
         name = "invalid"
     elif not NAME_RE.match(name):
-        p.add("name", f"{name!r} is not a valid name (letters, digits, '_', '.', '-'; 1-63 chars, "
-                      "starting with a letter or digit)")
+        p.add(
+            "name",
+            f"{name!r} is not a valid name (letters, digits, '_', '.', '-'; 1-63 chars, "
+            "starting with a letter or digit)",
+        )
 
     image = _str(p, "image", data.get("image"), "default") or "default"
     if not NAME_RE.match(image.replace("/", "_").replace(":", "_")):
@@ -395,15 +414,26 @@ def _build(p: _Problems, data: Mapping[str, Any]) -> InstanceSpec | None:
         st = 10.0
 
     return InstanceSpec(
-        name=name, image=image, hostname=hostname, process=process, resources=resources,
-        mounts=mounts, network=network, allow=allow, user_namespace=userns,
-        readonly_rootfs=readonly, backends=backends, labels=labels, stop_timeout=float(st),
+        name=name,
+        image=image,
+        hostname=hostname,
+        process=process,
+        resources=resources,
+        mounts=mounts,
+        network=network,
+        allow=allow,
+        user_namespace=userns,
+        readonly_rootfs=readonly,
+        backends=backends,
+        labels=labels,
+        stop_timeout=float(st),
     )
 
 
 def _process(p: _Problems, d: Mapping[str, Any]) -> Process:
-    _known(p, "process", d, ["args", "env", "cwd", "uid", "gid", "user", "additional_gids",
-                             "terminal", "umask"])
+    _known(
+        p, "process", d, ["args", "env", "cwd", "uid", "gid", "user", "additional_gids", "terminal", "umask"]
+    )
     args = _str_list(p, "process.args", d.get("args"))
     if args is not None and not args:
         p.add("process.args", "must not be empty")
@@ -413,7 +443,7 @@ def _process(p: _Problems, d: Mapping[str, Any]) -> Process:
     if isinstance(raw_env, Mapping):
         for k, v in raw_env.items():
             if not isinstance(v, str) or "=" in str(k) or not k:
-                p.add(f"process.env.{k}", "must be NAME = \"string\"")
+                p.add(f"process.env.{k}", 'must be NAME = "string"')
             else:
                 env[str(k)] = v
     elif isinstance(raw_env, Sequence) and not isinstance(raw_env, str):
@@ -444,15 +474,36 @@ def _process(p: _Problems, d: Mapping[str, Any]) -> Process:
                 gids.append(v)
     umask = _int(p, "process.umask", d.get("umask"), 0, 0o777)
     return Process(
-        args=args or ("/bin/sh",), env=env, cwd=cwd, uid=uid or 0, gid=gid or 0,
-        additional_gids=tuple(gids), terminal=_bool(p, "process.terminal", d.get("terminal"), False),
+        args=args or ("/bin/sh",),
+        env=env,
+        cwd=cwd,
+        uid=uid or 0,
+        gid=gid or 0,
+        additional_gids=tuple(gids),
+        terminal=_bool(p, "process.terminal", d.get("terminal"), False),
         umask=0o022 if umask is None else umask,
     )
 
 
 def _resources(p: _Problems, d: Mapping[str, Any]) -> Resources:
-    _known(p, "resources", d, ["memory", "memory_swap", "memory_reservation", "cpus", "cpu_period_us",
-                               "cpu_weight", "cpuset_cpus", "cpuset_mems", "pids", "disk", "io"])
+    _known(
+        p,
+        "resources",
+        d,
+        [
+            "memory",
+            "memory_swap",
+            "memory_reservation",
+            "cpus",
+            "cpu_period_us",
+            "cpu_weight",
+            "cpuset_cpus",
+            "cpuset_mems",
+            "pids",
+            "disk",
+            "io",
+        ],
+    )
     memory = _size(p, "resources.memory", d.get("memory"), minimum=6 << 20)
     swap_raw = d.get("memory_swap")
     swap = -1 if swap_raw in (-1, "-1") else _size(p, "resources.memory_swap", swap_raw)
@@ -484,11 +535,14 @@ def _resources(p: _Problems, d: Mapping[str, Any]) -> Resources:
     io = _table(p, "resources.io", d.get("io"))
     _known(p, "resources.io", io, ["read_bps", "write_bps", "read_iops", "write_iops"])
     return Resources(
-        memory=memory, memory_swap=swap,
+        memory=memory,
+        memory_swap=swap,
         memory_reservation=_size(p, "resources.memory_reservation", d.get("memory_reservation")),
-        cpus=cpus, cpu_period_us=period or 100_000,
+        cpus=cpus,
+        cpu_period_us=period or 100_000,
         cpu_weight=_int(p, "resources.cpu_weight", d.get("cpu_weight"), 1, 10000),
-        cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems,
+        cpuset_cpus=cpuset_cpus,
+        cpuset_mems=cpuset_mems,
         pids=_int(p, "resources.pids", d.get("pids"), 1, 2**22),
         disk=_size(p, "resources.disk", d.get("disk"), minimum=1 << 20),
         io=IOLimits(
@@ -526,8 +580,15 @@ def _mounts(p: _Problems, raw: Any) -> tuple[Mount, ...]:
                 p.add(f"{path}.source", f"{source!r} must be an absolute host path")
         opts = _str_list(p, f"{path}.options", d.get("options")) or ()
         if target:
-            out.append(Mount(target=target, source=source, type=mtype,
-                             readonly=_bool(p, f"{path}.readonly", d.get("readonly"), False), options=opts))
+            out.append(
+                Mount(
+                    target=target,
+                    source=source,
+                    type=mtype,
+                    readonly=_bool(p, f"{path}.readonly", d.get("readonly"), False),
+                    options=opts,
+                )
+            )
     return tuple(out)
 
 
@@ -577,8 +638,15 @@ def _network(p: _Problems, d: Mapping[str, Any]) -> Network:
     if publish and mode not in ("bridge",):
         p.add("network.publish", "needs network.mode = 'bridge'")
     dns = _str_list(p, "network.dns", d.get("dns")) or ()
-    return Network(mode=mode, network=network, ipv4=ipv4, ipv6=ipv6,
-                   mtu=_int(p, "network.mtu", d.get("mtu"), 576, 65535), publish=tuple(publish), dns=dns)
+    return Network(
+        mode=mode,
+        network=network,
+        ipv4=ipv4,
+        ipv6=ipv6,
+        mtu=_int(p, "network.mtu", d.get("mtu"), 576, 65535),
+        publish=tuple(publish),
+        dns=dns,
+    )
 
 
 def _allow(p: _Problems, raw: Any) -> frozenset[Restriction]:
@@ -591,8 +659,11 @@ def _allow(p: _Problems, raw: Any) -> frozenset[Restriction]:
         name = item.removeprefix("allow.")
         if name not in valid:
             hint = _closest(name, valid)
-            p.add(f"allow[{i}]", f"{item!r} is not a known restriction"
-                  + (f" (did you mean {hint!r}?)" if hint else f" (one of: {', '.join(valid)})"))
+            p.add(
+                f"allow[{i}]",
+                f"{item!r} is not a known restriction"
+                + (f" (did you mean {hint!r}?)" if hint else f" (one of: {', '.join(valid)})"),
+            )
         else:
             out.add(Restriction(name))
     return frozenset(out)
@@ -615,8 +686,11 @@ def _userns(p: _Problems, raw: Any) -> UserNamespace | None:
             p.add(f"user_namespace.{key}", "must be a list of [container_id, host_id, size]")
             return ()
         for i, m in enumerate(val):
-            if (not isinstance(m, list) or len(m) != 3
-                    or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in m)):
+            if (
+                not isinstance(m, list)
+                or len(m) != 3
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in m)
+            ):
                 p.add(f"user_namespace.{key}[{i}]", f"{m!r} must be [container_id, host_id, size]")
             elif m[2] == 0:
                 p.add(f"user_namespace.{key}[{i}]", "size must be at least 1")

@@ -1,0 +1,5 @@
+"""`python -m stockade` is the `stockade` command."""
+
+from stockade.cli.main import main
+
+main()

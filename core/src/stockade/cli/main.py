@@ -1,0 +1,170 @@
+"""`stockade`: argument parsing, dispatch and the one-line error contract.
+
+argparse, not click/typer: the run path has a time budget (DESIGN.md, Performance)
+and rich is imported only by the commands that draw tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+from ..errors import StockadeError
+from .specargs import add_spec_flags
+
+EXIT_INTERNAL = 125  # like podman: the runtime itself failed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stockade", description="OS-level virtualization: isolated instances on Linux and FreeBSD."
+    )
+    p.add_argument(
+        "--root",
+        default=os.environ.get("STOCKADE_ROOT"),
+        help="host root (default /var/lib/stockade; runtime state in /run/stockade)",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help: str, aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, aliases=list(aliases), description=help)
+
+    c = cmd("run", "create and start an instance, attached unless -d")
+    add_spec_flags(c)
+    c.add_argument("--name")
+    c.add_argument("--rm", action="store_true", help="delete the instance when it exits")
+    c.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    c.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    c.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+    c = cmd("create", "create an instance (its process waits for start)")
+    add_spec_flags(c)
+    c.add_argument("name")
+    c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+    c = cmd("start", "start created or stopped instances")
+    c.add_argument("names", nargs="+", metavar="NAME")
+
+    c = cmd("exec", "run a command inside a running instance")
+    c.add_argument("-t", "--tty", action="store_true")
+    c.add_argument("-i", "--interactive", action="store_true")
+    c.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE")
+    c.add_argument("-w", "--workdir")
+    c.add_argument("-u", "--user", metavar="UID[:GID]")
+    c.add_argument("name")
+    c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+    c = cmd("list", "list instances", aliases=("ls", "ps"))
+    c.add_argument("--format", choices=("table", "json"), default="table")
+    c.add_argument("-q", "--quiet", action="store_true", help="names only")
+
+    c = cmd("stop", "stop instances: SIGTERM, then SIGKILL after a timeout")
+    c.add_argument("-t", "--time", type=float, metavar="SECONDS", help="default: the spec's stop_timeout")
+    c.add_argument("names", nargs="+", metavar="NAME")
+
+    c = cmd("kill", "send a signal to an instance's first process")
+    c.add_argument("-s", "--signal", default="TERM")
+    c.add_argument("names", nargs="+", metavar="NAME")
+
+    c = cmd("delete", "delete instances", aliases=("rm",))
+    c.add_argument("-f", "--force", action="store_true", help="kill running instances first")
+    c.add_argument("names", nargs="+", metavar="NAME")
+
+    for verb, text in (("pause", "freeze every process of instances"), ("resume", "thaw paused instances")):
+        c = cmd(verb, text)
+        c.add_argument("names", nargs="+", metavar="NAME")
+
+    c = cmd("wait", "wait for instances to stop; print their exit statuses")
+    c.add_argument("names", nargs="+", metavar="NAME")
+
+    c = cmd("stats", "memory, CPU, pids and disk in use against the limits")
+    c.add_argument("--format", choices=("table", "json"), default="table")
+    c.add_argument("names", nargs="*", metavar="NAME")
+
+    c = cmd("update", "change an instance's limits while it runs")
+    c.add_argument("name")
+    for flag in ("--memory", "--memory-swap", "--cpus", "--cpu-weight", "--cpuset-cpus", "--pids"):
+        c.add_argument(flag)
+
+    c = cmd("logs", "output of a detached instance")
+    c.add_argument("-f", "--follow", action="store_true")
+    c.add_argument("name")
+
+    c = cmd("inspect", "an instance's state as JSON")
+    c.add_argument("name")
+
+    c = cmd("snapshot", "snapshot an instance's root file system")
+    c.add_argument("name")
+    c.add_argument("snapshot", nargs="?", help="name of the snapshot (omit to list them)")
+    c.add_argument("--delete", action="store_true", help="delete the named snapshot")
+
+    c = cmd("rollback", "roll a stopped instance's root file system back to a snapshot")
+    c.add_argument("name")
+    c.add_argument("snapshot")
+
+    c = cmd("image", "manage images")
+    isub = c.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+    ic = isub.add_parser("list", help="list images")
+    ic.add_argument("--storage")
+    ic = isub.add_parser("import", help="import a directory tree as an image")
+    ic.add_argument("image")
+    ic.add_argument("directory")
+    ic.add_argument("--storage")
+    ic = isub.add_parser("rm", help="remove an image")
+    ic.add_argument("image")
+    ic.add_argument("--storage")
+
+    cmd("backends", "installed backends, whether each can run here, and why not")
+    cmd("gc", "finish interrupted commands and remove leftovers of this host root")
+    return p
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Everything after the first ``--`` is the instance's command, never stockade's flags."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, None
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args_in = sys.argv[1:] if argv is None else argv
+    flags, command = _split_command(args_in)
+    debug = "--debug" in flags
+    try:
+        ns = build_parser().parse_args(flags)
+        if command is not None:
+            if not hasattr(ns, "cmd"):
+                raise StockadeError(f"{ns.command!r} takes no command after '--'")
+            ns.cmd = command
+        from . import commands
+
+        code = commands.dispatch(ns)
+    except StockadeError as e:
+        if debug:
+            raise
+        print(f"stockade: error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    except Exception as e:
+        if debug:
+            raise
+        print(
+            f"stockade: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        code = EXIT_INTERNAL
+    if argv is not None:
+        sys.exit(code)
+    # A real command line: skip interpreter teardown (a few ms on the run path); nothing
+    # registered with atexit needs to run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,869 @@
+"""Host: composes one isolation, one quota and one storage backend and runs the lifecycle.
+
+    spec ─validate─▶ storage.provision ─▶ quota.create ─▶ isolation.create ─▶ start
+
+Quota groups are made before the first process exists so that process joins them
+before it unshares its cgroup namespace (its cgroup root is then the instance's own
+group) and never runs unlimited. Every step pushes an undo; a failure at any step
+unwinds all of them, and the state file says "creating" until the end so that
+``gc`` can finish the unwinding after a kill -9.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+from .errors import (
+    ImageNotFound,
+    NotSupported,
+    StateConflict,
+    StockadeError,
+    Unavailable,
+    UnsupportedFeature,
+)
+from .features import Feature, Probe
+from .interfaces import (
+    KINDS,
+    Backend,
+    BackendConfig,
+    Freezer,
+    InstanceContext,
+    IsolationBackend,
+    Kind,
+    QuotaBackend,
+    QuotaStats,
+    RootFS,
+    Snapshot,
+    Spawned,
+    Stdio,
+    StorageBackend,
+    StorageUsage,
+)
+from .plugins import PluginManager, default_manager
+from .spec import InstanceSpec, Process
+from .state import LIVE, InstanceState, StateStore, pid_alive, proc_start_time
+
+DEFAULT_ROOT = Path("/var/lib/stockade")
+DEFAULT_RUN_DIR = Path("/run/stockade")
+
+
+def host_tag(root: Path) -> str:
+    """A short stable id of a host root, put in the names of host-wide resources."""
+    return hashlib.sha256(str(root).encode()).hexdigest()[:8]
+
+
+def shell_status(wait_status: int) -> int:
+    """waitpid status -> what a shell reports: the exit code, or 128 + signal."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+def _fault(step: str) -> None:
+    """Test hook: STOCKADE_FAULT=<step>[:kill] fails (or SIGKILLs the process) after a step."""
+    want = os.environ.get("STOCKADE_FAULT")
+    if not want:
+        return
+    name, _, how = want.partition(":")
+    if name == step:
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise StockadeError(f"injected fault after step {step!r} (STOCKADE_FAULT)")
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    kind: Kind
+    name: str
+    plugin: str
+    priority: int
+    probe: Probe
+    features: frozenset[Feature]
+
+
+@dataclass(frozen=True)
+class Stats:
+    name: str
+    status: str
+    quota: QuotaStats
+    storage: StorageUsage | None
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Host:
+    """A host root: where instances, images and runtime state live.
+
+    ``with Host(root=...) as host: inst = host.create(spec); inst.start(); inst.wait()``
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        run_dir: str | os.PathLike[str] | None = None,
+        isolation: str | None = None,
+        quota: str | None = None,
+        storage: str | None = None,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        plugins: PluginManager | None = None,
+    ) -> None:
+        self.root = Path(root).absolute() if root else DEFAULT_ROOT
+        if run_dir:
+            self.run_dir = Path(run_dir).absolute()
+        else:
+            self.run_dir = DEFAULT_RUN_DIR if self.root == DEFAULT_ROOT else self.root / "run"
+        self.tag = host_tag(self.root)
+        self.plugins = plugins or default_manager()
+        self.defaults: dict[Kind, str | None] = {"isolation": isolation, "quota": quota, "storage": storage}
+        self.options = dict(options or {})
+        self.store = StateStore(self.root, self.run_dir)
+        self._backends: dict[tuple[Kind, str], Backend] = {}
+        self._probes: dict[tuple[Kind, str], Probe] = {}
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._backends.clear()
+
+    # --- backends ---------------------------------------------------------------------------
+
+    def config(self, name: str) -> BackendConfig:
+        return BackendConfig(
+            root=self.root, run_dir=self.run_dir, host_tag=self.tag, options=self.options.get(name, {})
+        )
+
+    def backend(self, kind: Kind, name: str) -> Backend:
+        key = (kind, name)
+        if key not in self._backends:
+            self._backends[key] = self.plugins.make(kind, name, self.config(name))
+        return self._backends[key]
+
+    def probe(self, kind: Kind, name: str) -> Probe:
+        key = (kind, name)
+        if key not in self._probes:
+            try:
+                self._probes[key] = self.backend(kind, name).probe()
+            except Exception as e:  # a broken plugin must not take the others down
+                self._probes[key] = Probe.no(f"probe failed: {e}")
+        return self._probes[key]
+
+    def choose(self, kind: Kind, requested: str | None = None) -> Backend:
+        """The named backend (it must be able to run here), or the best one that can."""
+        name = requested or self.defaults.get(kind)
+        if name:
+            p = self.probe(kind, name)
+            if not p.ok:
+                raise Unavailable(f"{kind} backend {name!r} cannot run here: {p.reason}")
+            return self.backend(kind, name)
+        reasons = []
+        for reg in self.plugins.registry.of_kind(kind):
+            p = self.probe(kind, reg.name)
+            if p.ok:
+                return self.backend(kind, reg.name)
+            reasons.append(f"{reg.name}: {p.reason}")
+        raise Unavailable(f"no {kind} backend can run here ({'; '.join(reasons) or 'none installed'})")
+
+    def backends(self) -> list[BackendInfo]:
+        out = []
+        for reg in self.plugins.registry:
+            out.append(
+                BackendInfo(
+                    reg.kind,
+                    reg.name,
+                    reg.plugin,
+                    reg.priority,
+                    self.probe(reg.kind, reg.name),
+                    frozenset(getattr(reg.factory, "features", frozenset())),
+                )
+            )
+        return out
+
+    # --- images -----------------------------------------------------------------------------
+
+    def images(self, storage: str | None = None) -> list[str]:
+        return cast(StorageBackend, self.choose("storage", storage)).list_images()
+
+    def import_image(self, name: str, source: str | os.PathLike[str], storage: str | None = None) -> None:
+        st = cast(StorageBackend, self.choose("storage", storage))
+        with self.store.lock(f".image-{name}"):
+            st.import_image(name, Path(source))
+
+    def _ensure_image(self, storage: StorageBackend, image: str) -> None:
+        if storage.has_image(image):
+            return
+        from .images import DEFAULT_IMAGE, build_default_image
+
+        if image != DEFAULT_IMAGE:
+            have = ", ".join(storage.list_images()) or "none"
+            raise ImageNotFound(
+                f"image {image!r} not found in storage {storage.name!r} (images: {have}); "
+                f"import one with: stockade image import {image} DIR"
+            )
+        with self.store.lock(f".image-{image}"):
+            if storage.has_image(image):
+                return
+            import shutil
+
+            tmp = self.root / "tmp" / f"image-{secrets.token_hex(4)}"
+            try:
+                build_default_image(tmp)
+                storage.import_image(image, tmp)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    # --- spec -------------------------------------------------------------------------------
+
+    def make_spec(self, spec: InstanceSpec | Mapping[str, Any]) -> InstanceSpec:
+        if isinstance(spec, InstanceSpec):
+            return spec
+        d = dict(spec)
+        self.plugins.hook.stockade_prepare_spec(spec=d)
+        return InstanceSpec.from_dict(d)
+
+    def _check_features(
+        self, spec: InstanceSpec, iso: IsolationBackend, quota: QuotaBackend, storage: StorageBackend
+    ) -> None:
+        problems: list[str] = []
+
+        def need(feature: Feature, b: Backend, what: str) -> None:
+            if feature not in b.features:
+                problems.append(f"{what}: {b.kind} backend {b.name!r} does not support it")
+
+        r = spec.resources
+        if r.memory is not None or r.memory_swap is not None or r.memory_reservation is not None:
+            need(Feature.MEMORY_LIMIT, quota, "memory limit")
+        if r.cpus is not None or r.cpu_weight is not None or r.cpuset_cpus or r.cpuset_mems:
+            need(Feature.CPU_QUOTA, quota, "cpu limits")
+        if r.pids is not None:
+            need(Feature.PIDS_LIMIT, quota, "pids limit")
+        if r.disk is not None:
+            need(Feature.DISK_QUOTA, storage, "disk quota")
+        if r.io.any():
+            need(Feature.IO_RATE_LIMIT, quota, "io rate limits")
+            if storage.semantics.io_limit_on != "block_device":
+                problems.append(f"io rate limits: storage {storage.name!r} has no block device")
+        if spec.user_namespace is not None:
+            need(Feature.USER_NAMESPACE, iso, "user namespace")
+        if spec.process.terminal:
+            need(Feature.TERMINAL, iso, "terminal")
+        if spec.network.mode in ("none", "loopback", "bridge"):
+            need(Feature.NETWORK_ISOLATION, iso, f"network mode {spec.network.mode!r}")
+        for r_ in sorted(spec.allow - iso.relaxable):
+            problems.append(f"allow {r_.value!r}: isolation backend {iso.name!r} cannot relax it")
+        for b in (iso, quota, storage):
+            problems.extend(b.check(spec))
+        if problems:
+            raise UnsupportedFeature("; ".join(problems))
+
+    # --- instances --------------------------------------------------------------------------
+
+    def _ctx(self, st: InstanceState, spec: InstanceSpec | None = None) -> InstanceContext:
+        spec = spec or InstanceSpec.from_dict(st.spec)
+        return InstanceContext(
+            id=st.id,
+            name=st.name,
+            spec=spec,
+            config=self.config(st.backends.get("isolation", "")),
+            state_dir=self.store.dir(st.name),
+            run_dir=self.store.run_dir_of(st.name),
+            rootfs=RootFS(**st.rootfs) if st.rootfs else None,
+            data=st.data,
+        )
+
+    def _parts(self, st: InstanceState) -> tuple[IsolationBackend, QuotaBackend, StorageBackend]:
+        return (
+            cast(IsolationBackend, self.backend("isolation", st.backends["isolation"])),
+            cast(QuotaBackend, self.backend("quota", st.backends["quota"])),
+            cast(StorageBackend, self.backend("storage", st.backends["storage"])),
+        )
+
+    def create(
+        self, spec: InstanceSpec | Mapping[str, Any], *, stdio: Stdio | None = None, owner: str = "api"
+    ) -> Instance:
+        """Create an instance: storage, limits and isolation in place, its process waiting."""
+        spec = self.make_spec(spec)
+        iso = cast(IsolationBackend, self.choose("isolation", spec.backends.isolation))
+        quota = cast(QuotaBackend, self.choose("quota", spec.backends.quota))
+        storage = cast(StorageBackend, self.choose("storage", spec.backends.storage))
+        self._check_features(spec, iso, quota, storage)
+        self.store.ensure()
+        self._ensure_image(storage, spec.image)
+        st = InstanceState(
+            name=spec.name,
+            id=secrets.token_hex(6),
+            spec=spec.to_dict(),
+            backends={"isolation": iso.name, "quota": quota.name, "storage": storage.name},
+            owner=f"{owner}:{os.getpid()}",
+        )
+        with self.store.lock(spec.name):
+            self.store.reserve(st)
+            ctx = self._ctx(st, spec)
+            undo: list[Callable[[], None]] = [lambda: self.store.remove(spec.name)]
+            try:
+                ctx.run_dir.mkdir(parents=True, exist_ok=True)
+                _fault("reserve")
+                undo.append(lambda: storage.release(ctx))
+                ctx.rootfs = storage.provision(ctx)
+                st.rootfs = asdict(ctx.rootfs)
+                self.store.save(st)
+                _fault("storage")
+                undo.append(lambda: quota.destroy(ctx))
+                quota.create(ctx)
+                self.store.save(st)
+                _fault("quota")
+                undo.append(lambda: iso.destroy(ctx))
+                spawned = iso.create(ctx, stdio or Stdio(), lambda pid: quota.attach(ctx, pid))
+                st.pid, st.pid_start = spawned.pid, proc_start_time(spawned.pid)
+                st.status = "created"
+                _fault("isolation")
+                self.store.save(st)
+            except BaseException as e:
+                _unwind(undo, e)
+                raise
+        inst = Instance(self, st, spec)
+        inst.pty_master = spawned.pty_master
+        self.plugins.hook.stockade_instance_created(instance=inst)
+        return inst
+
+    def get(self, name: str) -> Instance:
+        inst = Instance(self, self.store.load(name))
+        inst.refresh()
+        return inst
+
+    def instances(self) -> list[Instance]:
+        out = []
+        for name in self.store.names():
+            with contextlib.suppress(StockadeError):
+                out.append(self.get(name))
+        return out
+
+    def run(
+        self, spec: InstanceSpec | Mapping[str, Any], *, stdio: Stdio | None = None, remove: bool = True
+    ) -> int:
+        """create + start + wait (+ delete): the exit status of the instance's process."""
+        inst = self.create(spec, stdio=stdio)
+        try:
+            inst.start()
+            return inst.wait()
+        finally:
+            if remove:
+                inst.delete(force=True)
+
+    def gc(self) -> list[str]:
+        """Finish interrupted commands and remove this root's resources no instance owns."""
+        removed: list[str] = []
+        known: dict[str, InstanceContext] = {}
+        for name in self.store.names():
+            with self.store.lock(name):
+                try:
+                    st = self.store.load(name)
+                except StockadeError:
+                    self.store.remove(name)
+                    removed.append(f"instance {name} (no readable state)")
+                    continue
+                ctx = self._ctx(st)
+                if st.status in ("creating", "deleting"):
+                    self._teardown(st, ctx)
+                    removed.append(f"instance {name} (interrupted while {st.status})")
+                else:
+                    known[name] = ctx
+        for kind in KINDS:
+            for reg in self.plugins.registry.of_kind(kind):
+                if self.probe(kind, reg.name).ok:
+                    removed.extend(self.backend(kind, reg.name).gc(known))
+        return removed
+
+    def _teardown(self, st: InstanceState, ctx: InstanceContext) -> None:
+        """Release everything an instance holds; errors are collected, not swallowed."""
+        iso, quota, storage = self._parts(st)
+        if st.status != "deleting":
+            st.status = "deleting"
+            self.store.save(st)
+        errors: list[BaseException] = []
+        steps: list[Callable[[], None]] = [
+            lambda: iso.destroy(ctx),
+            lambda: quota.destroy(ctx),
+            lambda: storage.release(ctx),
+        ]
+        for step in steps:
+            try:
+                step()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise StockadeError(
+                f"could not fully delete {st.name!r} ({errors[0]}); the state is kept: "
+                "run stockade gc to retry"
+            ) from errors[0]
+        self.store.remove(st.name)
+
+
+def _unwind(undo: Sequence[Callable[[], None]], cause: BaseException) -> None:
+    for step in reversed(undo):
+        try:
+            step()
+        except Exception as e:  # keep unwinding; the first error is what the user sees
+            cause.add_note(f"while undoing: {e}")
+
+
+class Instance:
+    """A handle on one instance of a Host. Cheap; reads state from disk on refresh()."""
+
+    def __init__(self, host: Host, st: InstanceState, spec: InstanceSpec | None = None) -> None:
+        self.host = host
+        self._st = st
+        self._spec = spec
+        self.pty_master: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.name} {self.status}>"
+
+    # --- attributes -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._st.name
+
+    @property
+    def id(self) -> str:
+        return self._st.id
+
+    @property
+    def status(self) -> str:
+        return self._st.status
+
+    @property
+    def pid(self) -> int | None:
+        return self._st.pid if self._st.status in LIVE else None
+
+    @property
+    def exit_status(self) -> int | None:
+        return self._st.exit_status
+
+    @property
+    def state(self) -> InstanceState:
+        return self._st
+
+    @property
+    def spec(self) -> InstanceSpec:
+        if self._spec is None:
+            self._spec = InstanceSpec.from_dict(self._st.spec)
+        return self._spec
+
+    @property
+    def backends(self) -> dict[str, str]:
+        return dict(self._st.backends)
+
+    def context(self) -> InstanceContext:
+        return self.host._ctx(self._st, self.spec)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[InstanceState]:
+        with self.host.store.lock(self.name):
+            self._st = self.host.store.load(self.name)
+            self._reconcile()
+            yield self._st
+
+    def _owned_here(self) -> bool:
+        return self._st.owner.rpartition(":")[2] == str(os.getpid())
+
+    def _owner_alive(self) -> bool:
+        pid = self._st.owner.rpartition(":")[2]
+        return pid.isdigit() and (int(pid) == os.getpid() or pid_alive(int(pid), None))
+
+    def _reconcile(self) -> None:
+        """Under the lock: notice a first process that is gone and record it if we can."""
+        st = self._st
+        if st.status not in LIVE or pid_alive(st.pid, st.pid_start):
+            return
+        status: int | None = None
+        if self._owned_here() and st.pid:
+            with contextlib.suppress(ChildProcessError):
+                pid, ws = os.waitpid(st.pid, os.WNOHANG)
+                if pid:
+                    status = shell_status(ws)
+        if status is not None or not self._owner_alive():
+            self._record_exit(status)
+        else:
+            st.status = "stopped"  # shown now; the owner (supervisor) records the status
+
+    def _record_exit(self, status: int | None) -> None:
+        st = self._st
+        was_live = st.status in LIVE
+        st.status, st.exit_status, st.finished_at = "stopped", status, time.time()
+        st.pid = None
+        self.host.store.save(st)
+        if was_live:
+            self.host.plugins.hook.stockade_instance_stopped(instance=self, exit_status=status)
+
+    def refresh(self) -> Instance:
+        st = self.host.store.load(self.name)
+        self._st = st
+        if st.status in LIVE and not pid_alive(st.pid, st.pid_start):
+            with self._locked():
+                pass
+        return self
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self, *, stdio: Stdio | None = None) -> None:
+        iso, _quota, _ = self.host._parts(self._st)
+        with self._locked() as st:
+            if st.status in ("running", "paused"):
+                raise StateConflict(f"instance {self.name!r} is already {st.status}")
+            if st.status == "stopped":
+                self._respawn(stdio)
+            elif st.status != "created":
+                raise StateConflict(f"instance {self.name!r} is {st.status}; it cannot be started")
+            iso.start(self.context())
+            st.status, st.started_at, st.exit_status, st.finished_at = "running", time.time(), None, None
+            self.host.store.save(st)
+        self.host.plugins.hook.stockade_instance_started(instance=self)
+
+    def _respawn(self, stdio: Stdio | None) -> None:
+        """Start a stopped instance again: a new first process on the same storage and groups."""
+        st = self._st
+        iso, quota, storage = self.host._parts(st)
+        ctx = self.context()
+        iso.destroy(ctx)
+        if ctx.rootfs is None:
+            ctx.rootfs = storage.mount(ctx)
+        spawned = iso.create(ctx, stdio or Stdio(), lambda pid: quota.attach(ctx, pid))
+        st.pid, st.pid_start, st.owner = spawned.pid, proc_start_time(spawned.pid), f"api:{os.getpid()}"
+        st.status = "created"
+        self.pty_master = spawned.pty_master
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the first process to end; its exit status (128+N for signal N).
+
+        Raises TimeoutError after ``timeout`` seconds. Returns -1 if the status is unknown
+        (the process belonged to a process that is gone).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        st = self._st
+        if st.status in LIVE and st.pid:
+            if self._owned_here():
+                try:
+                    ws: int | None = _waitpid(st.pid, deadline)
+                except ChildProcessError:  # already reaped (and recorded) by a refresh
+                    ws = None
+                with self._locked_no_reconcile() as cur:
+                    if cur.status in LIVE and ws is not None:
+                        self._record_exit(shell_status(ws))
+            else:
+                _wait_gone(st.pid, st.pid_start, deadline)
+                while True:  # give the owner a moment to record the exit status
+                    self.refresh()
+                    if self._st.exit_status is not None or not self._owner_alive():
+                        break
+                    if self._st.status not in LIVE and self._st.finished_at is not None:
+                        break
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"instance {self.name!r} did not stop in time")
+                    time.sleep(0.01)
+        self.refresh()
+        return -1 if self._st.exit_status is None else self._st.exit_status
+
+    @contextlib.contextmanager
+    def _locked_no_reconcile(self) -> Iterator[InstanceState]:
+        with self.host.store.lock(self.name):
+            self._st = self.host.store.load(self.name)
+            yield self._st
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        iso, _, _ = self.host._parts(self._st)
+        with self._locked() as st:
+            if st.status not in LIVE:
+                raise StateConflict(f"instance {self.name!r} is not running ({st.status})")
+            iso.kill(self.context(), sig)
+
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` (default: the spec's stop_timeout)."""
+        self.refresh()
+        if self._st.status not in LIVE:
+            return -1 if self._st.exit_status is None else self._st.exit_status
+        if self._st.status == "paused":
+            self.resume()
+        t = self.spec.stop_timeout if timeout is None else timeout
+        with contextlib.suppress(StateConflict):
+            self.kill(signal.SIGTERM)
+        try:
+            return self.wait(timeout=t)
+        except TimeoutError:
+            with contextlib.suppress(StateConflict):
+                self.kill(signal.SIGKILL)
+            return self.wait(timeout=30)
+
+    def delete(self, force: bool = False) -> None:
+        st = self.refresh()._st
+        if st.status in LIVE:
+            if not force:
+                raise StateConflict(
+                    f"instance {self.name!r} is {st.status}: stop it first "
+                    f"(stockade stop {self.name}) or use delete -f"
+                )
+            if st.status == "paused":
+                with contextlib.suppress(StockadeError):
+                    self.resume()
+            with contextlib.suppress(StateConflict):
+                self.kill(signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                self.wait(timeout=30)
+        with self._locked() as st:
+            if st.status in LIVE:
+                raise StateConflict(f"instance {self.name!r} is still {st.status}")
+            self.host._teardown(st, self.context())
+        self.host.plugins.hook.stockade_instance_deleted(name=self.name)
+
+    def _freezer(self) -> tuple[Freezer, InstanceContext]:
+        iso, quota, _ = self.host._parts(self._st)
+        for b in (iso, quota):
+            if isinstance(b, Freezer) and Feature.FREEZE in b.features:
+                return b, self.context()
+        raise NotSupported(f"neither {iso.name!r} nor {quota.name!r} can freeze an instance")
+
+    def pause(self) -> None:
+        with self._locked() as st:
+            if st.status != "running":
+                raise StateConflict(f"instance {self.name!r} is {st.status}, not running")
+            fr, ctx = self._freezer()
+            fr.freeze(ctx)
+            st.status = "paused"
+            self.host.store.save(st)
+
+    def resume(self) -> None:
+        with self._locked() as st:
+            if st.status != "paused":
+                raise StateConflict(f"instance {self.name!r} is {st.status}, not paused")
+            fr, ctx = self._freezer()
+            fr.thaw(ctx)
+            st.status = "running"
+            self.host.store.save(st)
+
+    # --- processes inside -------------------------------------------------------------------
+
+    def _process(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        user: tuple[int, int] | None,
+        terminal: bool,
+    ) -> Process:
+        base = self.spec.process
+        p = replace(base, args=tuple(args), terminal=terminal)
+        if env:
+            p = replace(p, env={**base.env, **env})
+        if cwd:
+            p = replace(p, cwd=cwd)
+        if user:
+            p = replace(p, uid=user[0], gid=user[1], additional_gids=())
+        return p
+
+    def spawn(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: tuple[int, int] | None = None,
+        stdio: Stdio | None = None,
+    ) -> Spawned:
+        """Start a process inside the running instance, as a child of this process."""
+        self.refresh()
+        if self._st.status != "running":
+            raise StateConflict(f"instance {self.name!r} is {self._st.status}, not running")
+        iso, quota, _ = self.host._parts(self._st)
+        ctx = self.context()
+        stdio = stdio or Stdio()
+        return iso.exec(
+            ctx,
+            self._process(args, env, cwd, user, stdio.terminal),
+            stdio,
+            lambda pid: quota.attach(ctx, pid),
+        )
+
+    def exec(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: tuple[int, int] | None = None,
+        stdio: Stdio | None = None,
+    ) -> int:
+        """Run a process inside and wait for it: its exit status."""
+        sp = self.spawn(args, env=env, cwd=cwd, user=user, stdio=stdio)
+        return shell_status(_waitpid(sp.pid, None))
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        input: bytes = b"",
+        timeout: float | None = 60,
+        env: Mapping[str, str] | None = None,
+        user: tuple[int, int] | None = None,
+    ) -> ExecResult:
+        """Run a process inside with its output captured (for scripts and tests)."""
+        import selectors
+
+        r_in, w_in = os.pipe()
+        r_out, w_out = os.pipe()
+        r_err, w_err = os.pipe()
+        try:
+            sp = self.spawn(args, env=env, user=user, stdio=Stdio(r_in, w_out, w_err))
+        finally:
+            for fd in (r_in, w_out, w_err):
+                os.close(fd)
+        out, err = bytearray(), bytearray()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with contextlib.suppress(BrokenPipeError):
+            os.write(w_in, input)
+        os.close(w_in)
+        sel = selectors.DefaultSelector()
+        sel.register(r_out, selectors.EVENT_READ, out)
+        sel.register(r_err, selectors.EVENT_READ, err)
+        try:
+            while sel.get_map():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                events = sel.select(left)
+                if not events:
+                    os.kill(sp.pid, signal.SIGKILL)
+                    raise TimeoutError(f"{list(args)!r} in {self.name!r} did not finish in {timeout}s")
+                for key, _ in events:
+                    chunk = os.read(key.fd, 65536)
+                    if chunk:
+                        key.data.extend(chunk)
+                    else:
+                        sel.unregister(key.fd)
+        finally:
+            sel.close()
+            os.close(r_out)
+            os.close(r_err)
+        return ExecResult(shell_status(_waitpid(sp.pid, None)), bytes(out), bytes(err))
+
+    # --- resources and storage --------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        self.refresh()
+        _, quota, storage = self.host._parts(self._st)
+        ctx = self.context()
+        usage = None
+        with contextlib.suppress(NotSupported):
+            usage = storage.usage(ctx)
+        return Stats(self.name, self.status, quota.stats(ctx), usage)
+
+    def update(self, resources: Mapping[str, Any]) -> None:
+        """Change limits live (a partial ``resources`` table, validated like a spec)."""
+        with self._locked() as st:
+            from .spec import merge
+
+            new = InstanceSpec.from_dict(merge(st.spec, {"resources": dict(resources)}))
+            _, quota, _ = self.host._parts(st)
+            ctx = self.context()
+            ctx.spec = new
+            quota.update(ctx, new.resources)
+            st.spec = new.to_dict()
+            self._spec = new
+            self.host.store.save(st)
+
+    def snapshot(self, name: str) -> Snapshot:
+        from .spec import NAME_RE
+
+        if not NAME_RE.match(name):
+            raise StockadeError(
+                f"snapshot name {name!r} is not valid (letters, digits, '_', '.', '-')", errno=errno.EINVAL
+            )
+        with self._locked() as st:
+            _, _, storage = self.host._parts(st)
+            frozen = False
+            if st.status == "running":
+                # a consistent snapshot: nothing writes while the upper layer is copied
+                with contextlib.suppress(NotSupported):
+                    fr, ctx = self._freezer()
+                    fr.freeze(ctx)
+                    frozen = True
+            try:
+                return storage.snapshot(self.context(), name)
+            finally:
+                if frozen:
+                    fr.thaw(ctx)
+
+    def rollback(self, name: str) -> None:
+        with self._locked() as st:
+            if st.status in LIVE:
+                raise StateConflict(f"instance {self.name!r} is {st.status}: stop it before a rollback")
+            _, _, storage = self.host._parts(st)
+            storage.rollback(self.context(), name)
+
+    def snapshots(self) -> list[Snapshot]:
+        _, _, storage = self.host._parts(self._st)
+        return storage.list_snapshots(self.context())
+
+    def delete_snapshot(self, name: str) -> None:
+        with self._locked() as st:
+            _, _, storage = self.host._parts(st)
+            storage.delete_snapshot(self.context(), name)
+
+    @property
+    def log_path(self) -> Path:
+        return self.host.store.log_path(self.name)
+
+
+def _waitpid(pid: int, deadline: float | None) -> int:
+    if deadline is None:
+        while True:
+            try:
+                return os.waitpid(pid, 0)[1]
+            except InterruptedError:
+                continue
+    while True:
+        got, ws = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return ws
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} did not exit in time")
+        _poll_pid(pid, max(0.0, deadline - time.monotonic()))
+
+
+def _poll_pid(pid: int, timeout: float) -> None:
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        select.select([fd], [], [], min(timeout, 0.5))
+    finally:
+        os.close(fd)
+
+
+def _wait_gone(pid: int, start: int | None, deadline: float | None) -> None:
+    while pid_alive(pid, start):
+        left = 0.5 if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"process {pid} did not exit in time")
+        _poll_pid(pid, left)
+        if pid_alive(pid, start):
+            time.sleep(0.005)  # pidfd signals at exit; a zombie may linger until reaped

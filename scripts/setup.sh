@@ -1,0 +1,29 @@
+#!/bin/sh
+# Set up stockade on a Debian 12 machine, as root: the system packages it uses, uv, and the
+# workspace in .venv. Idempotent and quick when everything is already there.
+set -eu
+cd "$(dirname "$0")/.."
+
+# busybox-static: the built-in default image. libseccomp2: the default seccomp filter.
+# gcc + libc6-dev: the conformance suite's static in-instance probe. iproute2, nftables,
+# libnftables1: bridged networking. runc, crun, bubblewrap, hyperfine: benchmarks side by side.
+# xfsprogs, btrfs-progs: loop-backed file systems in the storage tests.
+PACKAGES="busybox-static libseccomp2 python3 python3-venv gcc libc6-dev iproute2 nftables libnftables1
+runc crun bubblewrap hyperfine xfsprogs btrfs-progs util-linux"
+
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing$missing" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $missing >/dev/null
+fi
+
+# uv, in a venv of its own (Debian's python refuses system-wide pip installs)
+if ! [ -x .tools/uv/bin/uv ]; then
+    python3 -m venv .tools/uv
+    .tools/uv/bin/pip install -q uv
+fi
+.tools/uv/bin/uv sync -q --frozen --python 3.11
