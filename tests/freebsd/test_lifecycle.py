@@ -1,0 +1,91 @@
+"""The isolation backend's create/start/destroy sequence against a fake libc: the order of
+kernel calls is what FreeBSD would see (the processes themselves run unjailed on Linux)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from stockade.interfaces import BackendConfig, InstanceContext, RootFS, Stdio
+from stockade_freebsd_jail._ffi import JAIL_CREATE, MNT_RDONLY
+from stockade_freebsd_jail.isolation import FreeBsdJailIsolation
+from stockade_freebsd_jail.kernel import Kernel
+
+from .conftest import FakeLib, make_spec
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the helper drops privileges)")
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="stockade-test-fbsd-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_create_start_destroy_sequence(tmp: Path, fake_lib: FakeLib) -> None:
+    root, run, out = tmp / "root", tmp / "run", tmp / "out"
+    root.mkdir()
+    config = BackendConfig(root=tmp, run_dir=run, host_tag="t1")
+    iso = FreeBsdJailIsolation(config)
+    kernel = iso._kernel = Kernel(fake_lib)
+    attached = tmp / "attached"
+    real_attach = kernel.jail_attach
+
+    def attach(jid: int) -> None:  # runs in the forked helper: leave a trace on disk
+        real_attach(jid)
+        attached.write_text(f"{jid} {os.getpid()}")
+
+    kernel.jail_attach = attach  # type: ignore[method-assign]
+    spec = make_spec(
+        process={"args": ["/bin/sh", "-c", f"echo ran > {out}"], "env": {"PATH": "/bin:/usr/bin"}},
+        mounts=[{"target": "/data", "source": str(tmp), "readonly": True}],
+        network={"mode": "none"},
+        resources={"memory": "64M"},
+    )
+    ctx = InstanceContext(
+        id="web",
+        name="web",
+        spec=spec,
+        config=config,
+        state_dir=tmp / "s",
+        run_dir=run,
+        rootfs=RootFS(str(root)),
+    )
+    joined = tmp / "joined"
+    spawned = iso.create(ctx, Stdio(), lambda pid: joined.write_text(str(pid)))
+    assert (root / "dev").is_dir() and (root / "data").is_dir()
+    names = [c[0] for c in fake_lib.calls]
+    assert names == ["nmount", "nmount", "jail_set"]  # jail_attach happens in the helper
+    (devfs, _), (_, ro) = fake_lib.calls[0][1], fake_lib.calls[1][1]
+    assert devfs[0] == (b"fstype\0", b"devfs\0") and ro == MNT_RDONLY
+    jail_wire, flags = fake_lib.calls[2][1]
+    assert flags == JAIL_CREATE and jail_wire[0] == (b"name\0", b"stockade-t1-web\0")
+    assert jail_wire[1] == (b"path\0", str(root).encode() + b"\0")
+    # the helper joined the quota groups, then attached to jid 7, before waiting
+    assert joined.read_text() == str(spawned.pid)
+    assert attached.read_text() == f"7 {spawned.pid}"
+    assert not out.exists()  # waiting for start
+    iso.start(ctx)
+    _, status = os.waitpid(spawned.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and out.read_text() == "ran\n"
+    assert ctx.bag("isolation")["jid"] == 7
+
+    fake_lib.calls.clear()
+    iso.destroy(ctx)
+    calls = [(n, a) for n, a in fake_lib.calls if n != "jail_get"]
+    assert calls == [
+        ("jail_remove", 7),
+        ("unmount", (f"{root}/data", 0)),  # reverse of the mount order
+        ("unmount", (f"{root}/dev", 0)),
+        ("rctl_remove_rule", b"jail:stockade-t1-web:\0"),
+    ]
+    fake_lib.calls.clear()
+    iso.destroy(ctx)  # idempotent: nothing mounted any more
+    assert [n for n, _ in fake_lib.calls if n in ("unmount", "nmount")] == []
