@@ -1,4 +1,4 @@
-"""Entry point of the zfs plugin: registers its backends (nothing platform-specific is imported)."""
+"""Entry point of the zfs plugin: registers ZfsStorage (libzfs is loaded only when used)."""
 
 from __future__ import annotations
 
@@ -7,4 +7,6 @@ from stockade.plugins import Registry, hookimpl
 
 @hookimpl
 def stockade_register_backends(registry: Registry) -> None:
-    return None
+    from .storage import ZfsStorage
+
+    registry.add(ZfsStorage)

@@ -1,0 +1,20 @@
+"""The conformance suite with zfs storage: linux_ns + cgroup + zfs, on a file-backed pool
+(the VM tier: tests/vm/run.sh --zfs -- pytest tests/zfs)."""
+
+from __future__ import annotations
+
+import pytest
+from stockade.testing import BackendChoice, ConformanceSuite
+
+pytest_plugins = ["stockade.testing"]
+
+
+class TestLinuxNsCgroupZfs(ConformanceSuite):
+    @pytest.fixture(scope="class")
+    def stockade_backends(self, pool: str) -> BackendChoice:
+        return BackendChoice(
+            isolation="linux_ns",
+            quota="cgroup",
+            storage="zfs",
+            options={"zfs": {"dataset": f"{pool}/stockade"}},
+        )
