@@ -21,6 +21,9 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $missing >/dev/null
 fi
 
+# CRIU 4.1 for checkpoint/restore and migration (Debian 12's 3.17 fails on kernels >= 6.13)
+sh scripts/setup-criu.sh
+
 # uv, in a venv of its own (Debian's python refuses system-wide pip installs)
 if ! [ -x .tools/uv/bin/uv ]; then
     python3 -m venv .tools/uv

@@ -4,36 +4,15 @@ cgroup of that root survives."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _helpers import leftovers
 
 ROOT_PREFIX = "stockade-test-"
-
-
-def needs_root() -> pytest.MarkDecorator:
-    return pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, mounts, cgroups)")
-
-
-def leftovers(root: Path, tag: str) -> list[str]:
-    """Host resources of a test root still present: mounts below it, cgroups with its tag."""
-    found: list[str] = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4]
-            if mp.startswith(str(root)):
-                found.append(f"mount {mp}")
-    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
-        if os.path.basename(dirpath) == tag and "stockade" in dirpath:
-            found.append(f"cgroup {dirpath} ({len(dirnames)} children)")
-            dirnames.clear()
-        elif dirpath.count("/") > 9:
-            dirnames.clear()
-    return found
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from stockade import InstanceSpec, SpecError
 from stockade.features import Restriction
 from stockade.spec import parse_publish, parse_size
@@ -11,8 +10,16 @@ from stockade.spec import parse_publish, parse_size
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("64M", 64 << 20), ("64MiB", 64 << 20), ("1g", 1 << 30), ("1.5G", int(1.5 * (1 << 30))), (4096, 4096),
-     ("512k", 512 << 10), ("100", 100), ("2TB", 2 << 40)],
+    [
+        ("64M", 64 << 20),
+        ("64MiB", 64 << 20),
+        ("1g", 1 << 30),
+        ("1.5G", int(1.5 * (1 << 30))),
+        (4096, 4096),
+        ("512k", 512 << 10),
+        ("100", 100),
+        ("2TB", 2 << 40),
+    ],
 )
 def test_sizes(text: object, expected: int) -> None:
     assert parse_size(text) == expected
@@ -26,19 +33,32 @@ def test_bad_sizes(bad: object) -> None:
 
 def test_every_problem_reported_with_its_path() -> None:
     with pytest.raises(SpecError) as ei:
-        InstanceSpec.from_dict({
-            "name": "bad name",
-            "bogus": 1,
-            "resources": {"memory": "12XB", "cpus": "lots", "pids": 0, "io": {"read_bps": "fast"}},
-            "process": {"args": [], "cwd": "relative"},
-            "mounts": [{"target": "/x", "type": "nfs"}],
-            "allow": ["mnt"],
-            "network": {"mode": "carrier-pigeon"},
-        })
+        InstanceSpec.from_dict(
+            {
+                "name": "bad name",
+                "bogus": 1,
+                "resources": {"memory": "12XB", "cpus": "lots", "pids": 0, "io": {"read_bps": "fast"}},
+                "process": {"args": [], "cwd": "relative"},
+                "mounts": [{"target": "/x", "type": "nfs"}],
+                "allow": ["mnt"],
+                "network": {"mode": "carrier-pigeon"},
+            }
+        )
     paths = [p for p, _ in ei.value.problems]
-    for expected in ("bogus", "name", "resources.memory", "resources.cpus", "resources.pids",
-                     "resources.io.read_bps", "process.args", "process.cwd", "mounts[0].type",
-                     "mounts[0].source", "allow[0]", "network.mode"):
+    for expected in (
+        "bogus",
+        "name",
+        "resources.memory",
+        "resources.cpus",
+        "resources.pids",
+        "resources.io.read_bps",
+        "process.args",
+        "process.cwd",
+        "mounts[0].type",
+        "mounts[0].source",
+        "allow[0]",
+        "network.mode",
+    ):
         assert expected in paths, (expected, paths)
     msg = str(ei.value)
     assert "resources.memory: '12XB' is not a size" in msg
@@ -47,15 +67,29 @@ def test_every_problem_reported_with_its_path() -> None:
 
 
 def test_round_trip() -> None:
-    spec = InstanceSpec.from_dict({
-        "name": "web1", "hostname": "web1.example", "image": "default",
-        "process": {"args": ["sh", "-c", "true"], "env": {"A": "1"}, "user": "1000:1000"},
-        "resources": {"memory": "64M", "memory_swap": "128M", "cpus": 0.5, "pids": 64,
-                      "io": {"write_bps": "1M"}},
-        "mounts": [{"target": "/data", "source": "/tmp", "readonly": True}, {"type": "tmpfs", "target": "/t"}],
-        "allow": ["raw_sockets"], "user_namespace": True, "labels": {"k": "v"},
-        "network": {"mode": "bridge", "network": "n1", "publish": ["8080:80/tcp"]},
-    })
+    spec = InstanceSpec.from_dict(
+        {
+            "name": "web1",
+            "hostname": "web1.example",
+            "image": "default",
+            "process": {"args": ["sh", "-c", "true"], "env": {"A": "1"}, "user": "1000:1000"},
+            "resources": {
+                "memory": "64M",
+                "memory_swap": "128M",
+                "cpus": 0.5,
+                "pids": 64,
+                "io": {"write_bps": "1M"},
+            },
+            "mounts": [
+                {"target": "/data", "source": "/tmp", "readonly": True},
+                {"type": "tmpfs", "target": "/t"},
+            ],
+            "allow": ["raw_sockets"],
+            "user_namespace": True,
+            "labels": {"k": "v"},
+            "network": {"mode": "bridge", "network": "n1", "publish": ["8080:80/tcp"]},
+        }
+    )
     again = InstanceSpec.from_dict(spec.to_dict())
     assert again == spec
     assert spec.resources.memory == 64 << 20 and spec.process.uid == 1000

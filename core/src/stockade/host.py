@@ -368,6 +368,12 @@ class Host:
             if remove:
                 inst.delete(force=True)
 
+    def restore(self, directory: str | os.PathLike[str], *, name: str | None = None) -> Instance:
+        """Restore a checkpoint (``Instance.checkpoint``) as a running instance of this host."""
+        from .checkpointing import restore
+
+        return restore(self, directory, name=name)
+
     def gc(self) -> list[str]:
         """Finish interrupted commands and remove this root's resources no instance owns."""
         removed: list[str] = []
@@ -824,6 +830,30 @@ class Instance:
         with self._locked() as st:
             _, _, storage = self.host._parts(st)
             storage.delete_snapshot(self.context(), name)
+
+    # --- checkpoint and migration -------------------------------------------------------------
+
+    def checkpoint(self, directory: str | os.PathLike[str], *, leave_running: bool = False) -> Any:
+        """Checkpoint processes and root file system to ``directory`` (CheckpointReport)."""
+        from .checkpointing import checkpoint
+
+        return checkpoint(self, directory, leave_running=leave_running)
+
+    def checkpoint_problems(self, live: bool = False) -> list[str]:
+        """Why this instance cannot be checkpointed (or live-migrated); empty if it can."""
+        from .checkpointing import preflight
+
+        return preflight(self, live=live)
+
+    def migrate(self, target: str, *, mode: str = "live", progress: bool = False) -> Any:
+        """Move the instance to another host (``ssh://``, ``unix:``, ``tcp:``); MigrationReport."""
+        from . import migrate as m
+
+        chan, _ = m.open_target(target)
+        try:
+            return m.migrate(self, chan, mode=mode, progress=progress)
+        finally:
+            chan.close()
 
     @property
     def log_path(self) -> Path:

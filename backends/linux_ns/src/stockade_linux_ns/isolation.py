@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from stockade.errors import IsolationError, StateConflict
-from stockade.features import Feature, Probe, Restriction
+from stockade.features import Feature, Probe, Restriction, Semantics
 from stockade.interfaces import (
     InstanceContext,
     IsolationBase,
@@ -47,10 +47,25 @@ class LinuxNsIsolation(IsolationBase):
     name: ClassVar[str] = "linux_ns"
     priority: ClassVar[int] = 100
     features: ClassVar[frozenset[Feature]] = frozenset(
-        {Feature.FS_ISOLATION, Feature.NETWORK_ISOLATION, Feature.USER_NAMESPACE, Feature.TERMINAL}
+        {
+            Feature.FS_ISOLATION,
+            Feature.NETWORK_ISOLATION,
+            Feature.USER_NAMESPACE,
+            Feature.TERMINAL,
+            Feature.CHECKPOINT,
+            Feature.LIVE_MIGRATION,
+            Feature.COLD_MIGRATION,
+        }
     )
+    semantics: ClassVar[Semantics] = Semantics(migration="live")
     restrictions: ClassVar[frozenset[Restriction]] = _ALL_RESTRICTIONS
     relaxable: ClassVar[frozenset[Restriction]] = _ALL_RESTRICTIONS
+
+    def checkpointer(self) -> Any:
+        """CRIU checkpoint/restore of this backend's instances (see docs/checkpoint.md)."""
+        from .checkpoint import CriuCheckpointer
+
+        return CriuCheckpointer()
 
     # --- discovery ---------------------------------------------------------------------
 

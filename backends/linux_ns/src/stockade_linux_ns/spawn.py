@@ -376,6 +376,9 @@ def _launch(  # noqa: PLR0917
 
 
 def _pid1(plan: InstancePlan, status_w: int, fifo_fd: int, sock: Any) -> None:
+    # Until execve the instance's PID 1 is this runtime (host binary, full capabilities):
+    # not dumpable, so nothing in the instance can open its /proc/<pid>/{mem,exe,fd}.
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
     os.umask(0o022)
     rootfs.setup(plan.root)
     rootfs.pivot(plan.root.root)
@@ -386,6 +389,10 @@ def _pid1(plan: InstancePlan, status_w: int, fifo_fd: int, sock: Any) -> None:
     if sock is not None:
         _terminal(sock)
         sock.close()
+    else:
+        # its own session, like a terminal instance gets: CRIU dumps only trees whose
+        # session leader is inside the pid namespace
+        os.setsid()
     _send(status_w, "ready")
     os.read(fifo_fd, 1)
     try:
@@ -472,6 +479,10 @@ def launch_exec(ns: list[tuple[str, int, int]], plan: ProcPlan, join: JoinFn) ->
 def _exec_launch(
     ns: list[tuple[str, int, int]], plan: ProcPlan, join: JoinFn, status_w: int, sock: Any
 ) -> None:
+    # The runtime is about to enter the instance with full capabilities: make it
+    # non-dumpable first, so the instance cannot reach its memory, exe or fds through
+    # /proc (CVE-2019-5736 class). execve of the user's command resets this.
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
     if not plan.terminal:
         _dup_stdio(plan.stdio)
     join(os.getpid())

@@ -21,7 +21,12 @@ from .specargs import spec_from_args
 
 
 def dispatch(ns: argparse.Namespace) -> int:
-    handler: Callable[[argparse.Namespace, Host], int] = HANDLERS[ALIASES.get(ns.command, ns.command)]
+    name = ALIASES.get(ns.command, ns.command)
+    handler = HANDLERS.get(name)
+    if handler is None:
+        from . import conformance_cmd, migrate_cmds
+
+        handler = {**migrate_cmds.HANDLERS, "conformance": conformance_cmd.cmd_conformance}[name]
     host = Host(ns.root) if ns.root else Host()
     return handler(ns, host)
 

@@ -17,7 +17,9 @@ from .specargs import add_spec_flags
 EXIT_INTERNAL = 125  # like podman: the runtime itself failed
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(remainder: bool = True) -> argparse.ArgumentParser:
+    """``remainder``: the instance command is whatever follows the positionals (no ``--`` given)."""
+    cmd_nargs = argparse.REMAINDER if remainder else "*"
     p = argparse.ArgumentParser(
         prog="stockade", description="OS-level virtualization: isolated instances on Linux and FreeBSD."
     )
@@ -39,12 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-d", "--detach", action="store_true", help="run in the background")
     c.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     c.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
-    c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    c.add_argument("cmd", nargs=cmd_nargs, metavar="-- COMMAND")
 
     c = cmd("create", "create an instance (its process waits for start)")
     add_spec_flags(c)
     c.add_argument("name")
-    c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    c.add_argument("cmd", nargs=cmd_nargs, metavar="-- COMMAND")
 
     c = cmd("start", "start created or stopped instances")
     c.add_argument("names", nargs="+", metavar="NAME")
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-w", "--workdir")
     c.add_argument("-u", "--user", metavar="UID[:GID]")
     c.add_argument("name")
-    c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    c.add_argument("cmd", nargs=cmd_nargs, metavar="-- COMMAND")
 
     c = cmd("list", "list instances", aliases=("ls", "ps"))
     c.add_argument("--format", choices=("table", "json"), default="table")
@@ -118,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("image")
     ic.add_argument("--storage")
 
+    from .migrate_cmds import add_parsers
+
+    add_parsers(sub)
+
+    from .conformance_cmd import add_arguments
+
+    add_arguments(cmd("conformance", "run the conformance suite; write the verified feature matrix"))
+
     cmd("backends", "installed backends, whether each can run here, and why not")
     cmd("gc", "finish interrupted commands and remove leftovers of this host root")
     return p
@@ -136,7 +146,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
     flags, command = _split_command(args_in)
     debug = "--debug" in flags
     try:
-        ns = build_parser().parse_args(flags)
+        ns = build_parser(remainder=command is None).parse_args(flags)
+        if command is None and getattr(ns, "cmd", None) and ns.cmd[0].startswith("-"):
+            # `create NAME --spec F`: options after a positional are stockade's, not a
+            # command's; a command with options of its own then needs `--`
+            ns = build_parser(remainder=False).parse_args(flags)
         if command is not None:
             if not hasattr(ns, "cmd"):
                 raise StockadeError(f"{ns.command!r} takes no command after '--'")
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:
-        code = 0
+        code = 141  # what a shell reports for SIGPIPE: quiet, but not success
     except Exception as e:
         if debug:
             raise

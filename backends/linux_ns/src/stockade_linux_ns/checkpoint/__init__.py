@@ -1,0 +1,82 @@
+"""Checkpoint, restore and live-migration support of the linux_ns backend, with CRIU.
+
+Light on import: CRIU is looked for, and its RPC spoken, only when a function runs.
+``CriuCheckpointer`` is what the isolation backend hands to the Host (see
+stockade.checkpointing.Checkpointer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stockade.interfaces import InstanceContext, JoinFn, Spawned
+
+
+class CriuCheckpointer:
+    """Checkpoint/restore of linux_ns instances through CRIU 4.1+ (swrk RPC)."""
+
+    name = "criu"
+
+    def available(self) -> str:
+        """Empty if a working CRIU is here, else why not (one line)."""
+        from .criu import probe_reason
+
+        return probe_reason()
+
+    def capabilities(self) -> dict[str, bool]:
+        """pre-copy (soft-dirty) and post-copy (userfaultfd) on this kernel."""
+        from .criu import feature_check
+
+        f = feature_check()
+        return {"precopy": f["mem_track"], "postcopy": f["lazy_pages"]}
+
+    def warm_up(self) -> None:
+        """Import and look up what a restore needs, so none of it falls in a freeze."""
+        from . import driver  # noqa: F401
+        from .criu import find
+
+        find()
+
+    def version(self) -> str:
+        from .criu import find, version_of
+
+        v = version_of(find())
+        return ".".join(map(str, v)) if v else "?"
+
+    def preflight(self, ctx: InstanceContext, *, live: bool = False) -> list[str]:
+        from .driver import preflight
+
+        return preflight(ctx, live=live)
+
+    def checkpoint(
+        self,
+        ctx: InstanceContext,
+        images: Path,
+        *,
+        leave_running: bool = False,
+        leave_stopped: bool = False,
+        lazy_ps_fd: int | None = None,
+    ) -> dict[str, Any]:
+        from .driver import dump
+
+        r = dump(ctx, images, leave_running=leave_running, leave_stopped=leave_stopped, lazy_ps_fd=lazy_ps_fd)
+        return {"freeze_s": r.freeze_s, "pages_bytes": r.pages_bytes, "images_bytes": r.images_bytes}
+
+    def restore(
+        self,
+        ctx: InstanceContext,
+        images: Path,
+        join: JoinFn,
+        *,
+        stdout_path: Path | None = None,
+        lazy: bool = False,
+        leave_stopped: bool = False,
+    ) -> Spawned:
+        from .driver import restore
+
+        return restore(ctx, images, join, stdout_path=stdout_path, lazy=lazy, leave_stopped=leave_stopped)
+
+
+__all__ = ["CriuCheckpointer"]

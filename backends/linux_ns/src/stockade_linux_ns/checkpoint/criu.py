@@ -1,0 +1,195 @@
+"""Finding a working CRIU and talking to it in RPC ("swrk") mode over a socketpair.
+
+``criu swrk FD`` serves protobuf requests on an inherited SOCK_SEQPACKET socket: one
+message per packet, notifications (``notify_scripts``) come back as requests of ours to
+answer, so the caller can act at "setup-namespaces" or "post-dump" without action
+scripts. Each request runs in a fresh criu child that exits after replying.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from stockade.errors import IsolationError, Unavailable
+
+from . import pb
+
+DEFAULT_PREFIX = Path("/opt/stockade-criu")
+MIN_VERSION = (4, 1)  # 3.17 (Debian 12) fails on kernels >= 6.13: the vDSO split
+SETUP_HINT = "run scripts/setup-criu.sh (builds CRIU 4.1 from Debian trixie's source into /opt/stockade-criu)"
+
+_checked: dict[str, tuple[bool, str]] = {}
+
+
+class CriuFailed(IsolationError):
+    """CRIU refused or failed a request; the message ends with the log's last error."""
+
+
+def candidates() -> list[str]:
+    out: list[str] = []
+    env = os.environ.get("STOCKADE_CRIU")
+    if env:
+        out.append(env)
+    out.append(str(DEFAULT_PREFIX / "sbin" / "criu"))
+    found = shutil.which("criu")
+    if found:
+        out.append(found)
+    return out
+
+
+def version_of(binary: str) -> tuple[int, ...] | None:
+    try:
+        text = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError:
+        return None
+    m = re.search(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(g) for g in m.groups() if g is not None) if m else None
+
+
+def _check(binary: str) -> tuple[bool, str]:
+    """(works, why not): version and ``criu check``, cached per binary for this process."""
+    if binary in _checked:
+        return _checked[binary]
+    if not os.access(binary, os.X_OK):
+        res = (False, f"{binary} is not there")
+    else:
+        ver = version_of(binary)
+        if ver is None:
+            res = (False, f"{binary} --version says no version")
+        elif ver[:2] < MIN_VERSION:
+            res = (
+                False,
+                f"{binary} is CRIU {'.'.join(map(str, ver))}; this needs >= "
+                f"{'.'.join(map(str, MIN_VERSION))} (older ones fail on kernels >= 6.13)",
+            )
+        else:
+            p = subprocess.run([binary, "check"], capture_output=True, text=True, timeout=60, check=False)
+            if p.returncode == 0:
+                res = (True, "")
+            else:
+                lines = [ln.strip() for ln in (p.stderr + p.stdout).splitlines() if ln.strip()]
+                errs = [ln for ln in lines if "rror" in ln] or lines
+                res = (False, f"`{binary} check` fails: {errs[-1] if errs else 'exit ' + str(p.returncode)}")
+    _checked[binary] = res
+    return res
+
+
+def find() -> str:
+    """The first working CRIU binary, or Unavailable saying why each candidate is not."""
+    reasons: list[str] = []
+    for b in candidates():
+        ok, why = _check(b)
+        if ok:
+            return b
+        if why and os.path.exists(b):
+            reasons.append(why)
+    if not reasons:
+        reasons.append("no criu binary found")
+    raise Unavailable(f"checkpoint: no working CRIU ({'; '.join(reasons)}); {SETUP_HINT}")
+
+
+def probe_reason() -> str:
+    """Empty when a working CRIU exists, else the one-line reason."""
+    try:
+        find()
+    except Unavailable as e:
+        return str(e)
+    return ""
+
+
+NotifyFn = Callable[[str, int], None]
+
+
+class Swrk:
+    """One ``criu swrk`` child and its socket; use as a context manager."""
+
+    def __init__(self, binary: str | None = None, pass_fds: Iterable[int] = ()) -> None:
+        import socket
+
+        self.binary = binary or find()
+        self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            fds = (child.fileno(), *pass_fds)
+            self.proc = subprocess.Popen(
+                [self.binary, "swrk", str(child.fileno())],
+                pass_fds=fds,
+                close_fds=True,
+                stdin=subprocess.DEVNULL,
+                # setsid: a signal to our process group (^C) must not kill criu mid-restore
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+
+    def __enter__(self) -> Swrk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def call(
+        self,
+        req_type: int,
+        opts: Mapping[str, Any] | None = None,
+        notify: NotifyFn | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        req: dict[str, Any] = {"type": req_type, **extra}
+        if opts is not None:
+            req["opts"] = dict(opts)
+        self.sock.send(pb.encode(pb.REQ, req))
+        while True:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise CriuFailed(f"criu ({self.binary}) closed the RPC socket without answering")
+            resp = pb.decode(pb.RESP, data)
+            if resp.get("type") == pb.NOTIFY:
+                ok = True
+                note = resp.get("notify", {})
+                try:
+                    if notify is not None:
+                        notify(note.get("script", ""), int(note.get("pid", 0)))
+                except BaseException:
+                    ok = False
+                    self.sock.send(pb.encode(pb.REQ, {"type": pb.NOTIFY, "notify_success": False}))
+                    raise
+                finally:
+                    if ok:
+                        self.sock.send(pb.encode(pb.REQ, {"type": pb.NOTIFY, "notify_success": True}))
+                continue
+            return resp
+
+
+def log_error(log: Path, limit: int = 3) -> str:
+    """The last ``Error`` lines of a CRIU log (what to show the user), or its tail."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no criu log)"
+    errs = [ln for ln in lines if "Error" in ln or "error" in ln.split(":", 1)[0]]
+    pick = errs[-limit:] if errs else lines[-limit:]
+    return " | ".join(re.sub(r"^\(\s*[\d.]+\)\s*", "", ln).strip() for ln in pick)
+
+
+def feature_check(binary: str | None = None) -> dict[str, bool]:
+    """What this kernel + CRIU can do: mem_track (pre-copy), lazy_pages (post-copy)."""
+    with Swrk(binary) as s:
+        resp = s.call(pb.FEATURE_CHECK, features={"mem_track": 1, "lazy_pages": 1, "pidfd_store": 1})
+    f = resp.get("features", {})
+    return {k: bool(f.get(k, 0)) for k in ("mem_track", "lazy_pages", "pidfd_store")}

@@ -1,0 +1,342 @@
+"""Checkpoint and restore of a linux_ns instance with CRIU (swrk RPC).
+
+Dump: the instance's whole tree from PID 1, frozen through its freezer cgroup, with
+established TCP, external unix peers and file locks; its network namespace is *external*
+(stockade re-creates the network on restore, CRIU restores the sockets into it); bind
+mounts of host files and host stdio are named external and handed back at restore.
+Restore: into a freshly provisioned root (``root``), the new instance's quota groups
+(the criu child joins them before it forks the tree), a new network namespace, and as a
+sibling of criu, i.e. a child of the caller (who is a subreaper and records the exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stockade.errors import IsolationError, StateConflict
+from stockade.interfaces import InstanceContext, JoinFn, Spawned
+
+from . import criu, inventory, pb
+
+MANIFEST = "stockade-criu.json"
+LOG_DUMP = "dump.log"
+LOG_RESTORE = "restore.log"
+NETNS_KEY = "stk-netns"
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    freeze_s: float  # from the request to criu's answer (tasks frozen the whole time)
+    pages_bytes: int
+    images_bytes: int
+
+
+def _pid1(ctx: InstanceContext) -> int:
+    from ..procid import is_same_and_alive
+
+    bag = ctx.bag("isolation")
+    pid, started = bag.get("pid"), bag.get("start_time")
+    if not pid or started is None or not is_same_and_alive(pid, started):
+        raise StateConflict(
+            f"instance {ctx.name!r} is not running; only a running instance can be checkpointed"
+        )
+    return int(pid)
+
+
+def _freezer_path(ctx: InstanceContext) -> str | None:
+    for g in ctx.data.get("quota", {}).get("groups", []):
+        if "freezer" in g.get("controllers", []) or (g.get("version") == 2 and g.get("controllers")):
+            return str(g["path"])
+    return None
+
+
+def preflight(ctx: InstanceContext, *, live: bool = False) -> list[str]:
+    """Everything that would make a checkpoint of ``ctx`` fail, one line each, before freezing."""
+    problems: list[str] = []
+    why = criu.probe_reason()
+    if why:
+        return [why]
+    try:
+        pid = _pid1(ctx)
+    except StateConflict as e:
+        return [str(e)]
+    if ctx.spec.user_namespace is not None:
+        problems.append("user namespaces: stockade does not checkpoint instances with a user_namespace yet")
+    if ctx.spec.process.terminal:
+        problems.append("terminal: the instance's terminal master is held on the host; run it without -t")
+    s = inventory.session_problem(pid)
+    if s:
+        problems.append(s)
+    inv = inventory.collect(pid)
+    problems.extend(inv.problems)
+    known = _known_mount_sources(ctx)
+    for point in inv.ext_mounts:
+        if point not in known:
+            problems.append(
+                f"mount {point}: its source is outside the instance and not from the spec; "
+                "it cannot be re-created on restore"
+            )
+    if live:
+        feats = criu.feature_check()
+        if not feats["mem_track"] and not feats["lazy_pages"]:
+            problems.append(
+                "live migration: this kernel has neither soft-dirty tracking (pre-copy) "
+                "nor userfaultfd (post-copy)"
+            )
+    return problems
+
+
+def _known_mount_sources(ctx: InstanceContext) -> dict[str, str]:
+    """Mount point inside -> what it is on restore: 'run:<file>', 'devnull', or a host path."""
+    from ..rootfs import MASKED_PATHS
+
+    out: dict[str, str] = {
+        "/etc/hostname": "run:hostname",
+        "/etc/hosts": "run:hosts",
+        "/etc/resolv.conf": "run:resolv.conf",
+    }
+    for p in MASKED_PATHS:
+        out[p] = "devnull"
+    for m in ctx.spec.mounts:
+        if m.type != "tmpfs":
+            out[m.target] = m.source
+    return out
+
+
+def _opts_common(images_fd: int, log: str) -> dict[str, Any]:
+    return {
+        "images_dir_fd": images_fd,
+        "log_level": 2,
+        "log_file": log,
+        "tcp_established": 1,
+        "ext_unix_sk": 1,
+        "file_locks": 1,
+        "shell_job": 1,
+        "manage_cgroups": 1,
+        "manage_cgroups_mode": pb.CG_IGNORE,
+        "notify_scripts": 1,
+        "orphan_pts_master": 1,
+    }
+
+
+def dump(
+    ctx: InstanceContext,
+    images: Path,
+    *,
+    leave_running: bool = False,
+    leave_stopped: bool = False,
+    lazy_ps_fd: int | None = None,
+) -> DumpResult:
+    """Checkpoint the instance into ``images`` (a directory, created if needed)."""
+    pid = _pid1(ctx)
+    problems = preflight(ctx)
+    if problems:
+        raise IsolationError(f"instance {ctx.name!r} cannot be checkpointed: {'; '.join(problems)}")
+    inv = inventory.collect(pid)
+    known = _known_mount_sources(ctx)
+    images.mkdir(parents=True, exist_ok=True)
+    netns_external = inv.netns_inode is not None and inv.netns_inode != os.stat("/proc/self/ns/net").st_ino
+    externals = [f"mnt[{point}]:{key}" for point, key in inv.ext_mounts.items()]
+    externals += list(inv.ext_files)
+    if netns_external:
+        externals.append(f"net[{inv.netns_inode}]:{NETNS_KEY}")
+    manifest = {
+        "version": 1,
+        "pid1": pid,
+        "mounts": {key: known[point] for point, key in inv.ext_mounts.items()},
+        "files": inv.ext_files,
+        "netns_external": netns_external,
+        "tcp_established": inv.tcp,
+        "network_mode": ctx.spec.network.mode,
+    }
+    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        opts = _opts_common(fd, LOG_DUMP)
+        opts.update(pid=pid, external=externals, leave_running=int(leave_running or leave_stopped))
+        if leave_stopped:
+            opts["leave_stopped"] = 1
+        # nftables: this host has no iptables binaries, and nft locks only the instance's netns.
+        opts["network_lock"] = pb.NETLOCK_NFTABLES if inv.tcp else pb.NETLOCK_SKIP
+        fz = _freezer_path(ctx)
+        if fz:
+            opts["freeze_cgroup"] = fz
+        pass_fds = [fd]
+        if lazy_ps_fd is not None:
+            opts.update(lazy_pages=1, ps={"fd": lazy_ps_fd})
+            pass_fds.append(lazy_ps_fd)
+        t0 = time.monotonic()
+        with criu.Swrk(pass_fds=pass_fds) as s:
+            resp = s.call(pb.DUMP, opts)
+        freeze = time.monotonic() - t0
+    finally:
+        os.close(fd)
+    if not resp.get("success"):
+        raise criu.CriuFailed(
+            f"instance {ctx.name!r}: checkpoint failed: {criu.log_error(images / LOG_DUMP)} "
+            f"(log: {images / LOG_DUMP})"
+        )
+    (images / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    pages = sum(p.stat().st_size for p in images.glob("pages-*.img"))
+    total = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
+    return DumpResult(freeze, pages, total)
+
+
+def _new_netns(ctx: InstanceContext, loopback: bool) -> tuple[int, int]:
+    """A fresh network namespace held by a parked child: (netns fd, child pid)."""
+    from .. import spawn, syscalls
+
+    r, w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.close(go_w)
+            syscalls.unshare(syscalls.CLONE_NEWNET)
+            if loopback:
+                spawn.loopback_up()
+            os.write(w, b"1")
+            os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(go_r)
+    try:
+        if os.read(r, 1) != b"1":
+            raise IsolationError(f"instance {ctx.name!r}: could not make a network namespace for the restore")
+        nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(r)
+    os.close(go_w)  # the child exits; the fd keeps the namespace
+    os.waitpid(pid, 0)
+    return nsfd, pid
+
+
+def restore(
+    ctx: InstanceContext,
+    images: Path,
+    join: JoinFn,
+    *,
+    stdout_path: Path | None = None,
+    lazy: bool = False,
+    leave_stopped: bool = False,
+) -> Spawned:
+    """Restore the checkpoint in ``images`` as instance ``ctx`` (storage and quota ready)."""
+    from .. import syscalls
+    from ..isolation import _hosts_text
+
+    if ctx.rootfs is None:
+        raise IsolationError(f"instance {ctx.name!r}: no root file system to restore into")
+    try:
+        manifest = json.loads((images / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise IsolationError(f"{images}: not a stockade checkpoint ({e})") from e
+    run_dir = ctx.run_dir
+    made_run_dir = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    made: list[str] = []
+    hostname = ctx.spec.effective_hostname
+    for name, text in (("hostname", hostname + "\n"), ("hosts", _hosts_text(hostname))):
+        path = run_dir / name
+        if not path.exists():
+            path.write_text(text)
+            made.append(name)
+    opened: list[int] = []
+    inherit: list[dict[str, Any]] = []
+    externals: list[str] = []
+    for key, what in manifest["mounts"].items():
+        if what.startswith("run:"):
+            src = str(run_dir / what[4:])
+            if not os.path.exists(src):
+                src = "/dev/null"
+        elif what == "devnull":
+            src = "/dev/null"
+        else:
+            src = what
+        externals.append(f"mnt[{key}]:{src}")
+    for key, role in manifest["files"].items():
+        # Host files the instance held (its stdio): reading ones get /dev/null, writing
+        # ones the new instance's log, opened with the flags the dumped fd had.
+        flags = int(role.split(":", 1)[1], 8) if role.startswith("file:") else (0 if role == "in" else 1)
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            fd = os.open("/dev/null", flags)
+        else:
+            target = stdout_path or Path("/dev/null")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, flags | os.O_CREAT, 0o640)
+        opened.append(fd)
+        inherit.append({"key": key, "fd": fd})
+    attached = False
+    hooks = None
+    try:
+        if manifest.get("netns_external"):
+            mode = ctx.spec.network.mode
+            nsfd, _ = _new_netns(ctx, loopback=mode in ("loopback", "bridge"))
+            opened.append(nsfd)
+            if mode == "bridge":
+                from ..isolation import _network_hooks
+
+                hooks = _network_hooks()
+                if hooks is None:
+                    raise IsolationError(f"instance {ctx.name!r}: network mode bridge: not available")
+                hooks[0](ctx, f"/proc/self/fd/{nsfd}")
+                attached = True
+            inherit.append({"key": NETNS_KEY, "fd": nsfd})
+        fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+        opened.append(fd)
+        opts = _opts_common(fd, LOG_RESTORE)
+        opts.update(root=str(ctx.rootfs.path), rst_sibling=1, inherit_fd=inherit, external=externals)
+        # The host files handed back as stdio are new files (the new instance's log).
+        opts["skip_file_rwx_check"] = 1
+        if lazy:
+            opts["lazy_pages"] = 1
+        if leave_stopped:
+            opts["leave_stopped"] = 1
+        syscalls.set_child_subreaper()
+        with criu.Swrk(pass_fds=opened) as s:
+            # The tree is forked by criu: let it start inside the instance's groups.
+            join(s.proc.pid)
+            resp = s.call(pb.RESTORE, opts)
+        if not resp.get("success"):
+            raise criu.CriuFailed(
+                f"instance {ctx.name!r}: restore failed: {criu.log_error(images / LOG_RESTORE)} "
+                f"(log: {images / LOG_RESTORE})"
+            )
+        pid = int(resp["restore"]["pid"])
+    except BaseException:
+        if attached and hooks is not None:
+            with contextlib.suppress(Exception):
+                hooks[1](ctx)
+        for name in made:
+            (run_dir / name).unlink(missing_ok=True)
+        if made_run_dir:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
+    finally:
+        for fd in opened:
+            os.close(fd)
+    from ..procid import start_time
+
+    bag = ctx.bag("isolation")
+    bag.clear()
+    bag.update(
+        pid=pid,
+        start_time=start_time(pid),
+        made=made,
+        made_run_dir=made_run_dir,
+        network_attached=attached,
+        pidns=True,
+        restored_from=str(images),
+    )
+    return Spawned(pid=pid)

@@ -1,0 +1,254 @@
+"""Checkpoint/restore and migration timings: stockade (CRIU swrk) vs `runc checkpoint/restore`.
+
+    .venv/bin/python bench/migrate.py [--sizes 64,256] [--repeat 3]
+
+Workload: a static C program that touches N MiB of anonymous memory and keeps a counter.
+For each size: stockade checkpoint + restore (to a directory), cold and live migration
+between two host roots over a socketpair (target in its own thread), and runc's
+checkpoint + restore of the same program (runc uses the same CRIU 4.1 via PATH).
+Medians in milliseconds. Needs root and scripts/setup-criu.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+PROG = r"""
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <fcntl.h>
+int main(int c, char **v) {
+    size_t n = (size_t)atol(v[1]) << 20;
+    char *p = malloc(n);
+    memset(p, 1, n);
+    setsid();
+    for (unsigned long i = 1;; i++) {
+        for (size_t o = 0; o < n; o += 1 << 20) p[o] = (char)i;  /* stays dirty */
+        int fd = open("/tmp/c", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dprintf(fd, "%lu\n", i); close(fd);
+        usleep(20000);
+    }
+}
+"""
+CRIU_DIR = "/opt/stockade-criu/sbin"
+
+
+def build(work: Path) -> Path:
+    src = work / "mem.c"
+    src.write_text(PROG)
+    binary = work / "bin" / "mem"
+    binary.parent.mkdir()
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(binary), str(src)], check=True)
+    return binary.parent
+
+
+def spec(name: str, bindir: Path, mib: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "process": {"args": ["/opt/bench/mem", str(mib)]},
+        "mounts": [{"source": str(bindir), "target": "/opt/bench", "type": "bind", "options": ["ro"]}],
+    }
+
+
+def start(host: Any, name: str, bindir: Path, mib: int, log: Path) -> Any:
+    from stockade.interfaces import Stdio
+
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    nul = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        inst = host.create(spec(name, bindir, mib), stdio=Stdio(nul, out, out))
+    finally:
+        os.close(out)
+        os.close(nul)
+    inst.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the memory is touched before the counter starts
+        r = inst.run(["cat", "/tmp/c"])
+        if r.exit_status == 0 and r.stdout.strip():
+            break
+        time.sleep(0.1)
+    return inst
+
+
+def cleanup(host: Any, root: Path) -> None:
+    from stockade.linux import umount_tree
+
+    for i in host.instances():
+        try:
+            i.delete(force=True)
+        except Exception as e:
+            print("cleanup:", e)
+    host.gc()
+    umount_tree(str(root))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_stockade(bindir: Path, mib: int, work: Path) -> dict[str, float]:
+    from stockade import Host, checkpointing
+
+    root = Path(tempfile.mkdtemp(prefix="stockade-test-bench-"))
+    h = Host(root)
+    try:
+        inst = start(h, "b", bindir, mib, work / "b.log")
+        ck = work / f"ck-{mib}-{time.monotonic_ns()}"
+        t = time.monotonic()
+        checkpointing.checkpoint(inst, ck)
+        t_ck = time.monotonic() - t
+        inst.delete(force=True)
+        t = time.monotonic()
+        checkpointing.restore(h, ck, name="b2")
+        t_rs = time.monotonic() - t
+        shutil.rmtree(ck)
+        return {"checkpoint": t_ck, "restore": t_rs}
+    finally:
+        cleanup(h, root)
+
+
+def bench_migrate(bindir: Path, mib: int, work: Path, mode: str) -> dict[str, float]:
+    from stockade import Host, migrate
+
+    r1 = Path(tempfile.mkdtemp(prefix="stockade-test-bench-"))
+    r2 = Path(tempfile.mkdtemp(prefix="stockade-test-bench-"))
+    h1, h2 = Host(r1), Host(r2)
+    try:
+        inst = start(h1, "m", bindir, mib, work / "m.log")
+        a, b = socket.socketpair()
+        res: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                res["inst"] = migrate.serve(h2, migrate.Channel.of_socket(b))
+            except Exception as e:
+                res["err"] = e
+
+        th = threading.Thread(target=target)
+        th.start()
+        rep = migrate.migrate(inst, migrate.Channel.of_socket(a), mode=mode, stop_timeout=0.5)  # type: ignore[arg-type]
+        th.join()
+        if "err" in res:
+            raise res["err"]
+        return {"downtime": rep.downtime_s, "total": rep.total_s, "bytes": rep.bytes_moved}
+    finally:
+        cleanup(h1, r1)
+        cleanup(h2, r2)
+
+
+def bench_runc(bindir: Path, mib: int, work: Path) -> dict[str, float]:
+    from stockade.images import build_default_image
+
+    bundle = work / f"runc-{mib}-{time.monotonic_ns()}"
+    rootfs = bundle / "rootfs"
+    build_default_image(rootfs)
+    (rootfs / "opt" / "bench").mkdir(parents=True, exist_ok=True)
+    shutil.copy(bindir / "mem", rootfs / "opt" / "bench" / "mem")
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"]["args"] = ["/opt/bench/mem", str(mib)]
+    cfg["process"]["terminal"] = False
+    cfg["root"]["readonly"] = False
+    # This host has no iptables binaries: lock the network with nftables, as stockade does.
+    (bundle / "criu.conf").write_text("network-lock nftables\n")
+    cfg.setdefault("annotations", {})["org.criu.config"] = str(bundle / "criu.conf")
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    env = {**os.environ, "PATH": f"{CRIU_DIR}:{os.environ['PATH']}"}
+    cid = f"stockade-bench-{os.getpid()}-{mib}"
+    rroot = str(work / "runc-root")
+    runc = ["runc", "--root", rroot]
+    out: dict[str, float] = {}
+    try:
+        subprocess.run(
+            [*runc, "run", "-d", cid],
+            cwd=bundle,
+            env=env,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1 + mib / 256)
+        img = bundle / "img"
+        t = time.monotonic()
+        subprocess.run([*runc, "checkpoint", "--image-path", str(img), cid], env=env, check=True)
+        out["checkpoint"] = time.monotonic() - t
+        if os.environ.get("BENCH_DEBUG"):
+            print((img / "dump.log").read_text()[-2000:] if (img / "dump.log").exists() else "no log")
+        t = time.monotonic()
+        subprocess.run(
+            [*runc, "restore", "-d", "--image-path", str(img), cid],
+            cwd=bundle,
+            env=env,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        out["restore"] = time.monotonic() - t
+    finally:
+        subprocess.run([*runc, "delete", "-f", cid], env=env, check=False, capture_output=True)
+        shutil.rmtree(bundle, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="64,256")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="stockade-bench-"))
+    try:
+        bindir = build(work)
+        rows = []
+        for mib in [int(s) for s in args.sizes.split(",")]:
+            runs: dict[str, list[dict[str, float]]] = {"stockade": [], "runc": [], "cold": [], "live": []}
+            for _ in range(args.repeat):
+                runs["stockade"].append(bench_stockade(bindir, mib, work))
+                try:
+                    runs["runc"].append(bench_runc(bindir, mib, work))
+                except subprocess.CalledProcessError as e:
+                    print(f"runc failed: {e}")
+                runs["live"].append(bench_migrate(bindir, mib, work, "live"))
+                runs["cold"].append(bench_migrate(bindir, mib, work, "cold"))
+
+            def med(k: str, f: str, runs: dict[str, list[dict[str, float]]] = runs) -> str:
+                v = [r[f] for r in runs[k] if f in r]
+                return f"{statistics.median(v) * 1000:.0f}" if v else "n/a"
+
+            rows.append(
+                (
+                    mib,
+                    med("stockade", "checkpoint"),
+                    med("stockade", "restore"),
+                    med("runc", "checkpoint"),
+                    med("runc", "restore"),
+                    med("live", "downtime"),
+                    med("live", "total"),
+                    med("cold", "downtime"),
+                    med("cold", "total"),
+                )
+            )
+        print(
+            "| MiB | stockade checkpoint | stockade restore | runc checkpoint | runc restore "
+            "| live downtime | live total | cold downtime | cold total |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(str(x) for x in r) + " |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Fixtures for checkpoint/restore/migration: a second host root, a counter instance, and a
+target host served by a separate process in its own network namespace over a socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if os.geteuid() != 0:
+    pytest.skip("checkpoint tests need root", allow_module_level=True)
+
+from stockade_linux_ns.checkpoint import criu as _criu
+
+_why = _criu.probe_reason()
+if _why:
+    pytest.skip(_why, allow_module_level=True)
+
+COUNTER = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done"]
+
+
+def counter_spec(name: str = "ctr", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "process": {"args": COUNTER}, **extra}
+
+
+def start_counter(host: Any, name: str, tmp: Path) -> Any:
+    """A counter instance whose stdio are plain files (pytest's capture files are O_NOFOLLOW
+    temporary files, which CRIU cannot re-open on restore)."""
+    from stockade.interfaces import Stdio
+
+    out = os.open(tmp / f"{name}.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    nul = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        inst = host.create(counter_spec(name), stdio=Stdio(nul, out, out))
+    finally:
+        os.close(out)
+        os.close(nul)
+    inst.start()
+    return inst
+
+
+def read_counter(inst: Any) -> int:
+    r = inst.run(["cat", "/tmp/c"])
+    assert r.exit_status == 0, r
+    return int(r.stdout.strip() or 0)
+
+
+def wait_counter_past(inst: Any, n: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = read_counter(inst)
+        if v > n or time.monotonic() > deadline:
+            return v
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def second_root() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="stockade-test-"))
+    try:
+        yield d
+    finally:
+        from stockade import Host
+        from stockade.linux import umount_tree
+
+        h = Host(d)
+        for inst in h.instances():
+            try:
+                inst.delete(force=True)
+            except Exception as e:
+                print(f"cleanup of {inst.name} failed: {e}")
+        h.gc()
+        umount_tree(str(d))
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class RemoteTarget:
+    """`stockade migrate-receive` in its own network namespace, on one end of a socketpair."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        ours, theirs = socket.socketpair()
+        self.sock = ours
+        # loopback up: CRIU's kernel feature detection needs it
+        cmd = [
+            "unshare",
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            'ip link set lo up && exec "$@"',
+            "sh",
+            sys.executable,
+            "-m",
+            "stockade",
+            "--root",
+            str(root),
+            "migrate-receive",
+            "--fd",
+            str(theirs.fileno()),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            pass_fds=[theirs.fileno()],
+            env={**os.environ, **(env or {})},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        theirs.close()
+
+    def close(self) -> str:
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.stderr.read() if self.proc.stderr else ""
+
+
+@pytest.fixture
+def remote_target(second_root: Path) -> Iterator[Any]:
+    made: list[RemoteTarget] = []
+
+    def make(env: dict[str, str] | None = None) -> RemoteTarget:
+        t = RemoteTarget(second_root, env)
+        made.append(t)
+        return t
+
+    try:
+        yield make
+    finally:
+        from stockade import Host
+
+        h = Host(second_root)
+        for inst in h.instances():  # ends the receiver, which reaps the instance
+            try:
+                inst.delete(force=True)
+            except Exception as e:
+                print(f"cleanup of {inst.name} failed: {e}")
+        for t in made:
+            t.sock.close()
+            t.close()

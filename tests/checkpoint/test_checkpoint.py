@@ -1,0 +1,97 @@
+"""Checkpoint/restore and migration of real linux_ns instances with CRIU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest_helpers import read_counter, start_counter, wait_counter_past
+from stockade import checkpointing, migrate
+from stockade.errors import MigrationError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_preflight_says_why(host: Any, tmp_path: Path) -> None:
+    inst = host.create({"name": "nosid", "process": {"args": ["sleep", "100"]}})
+    inst.start()
+    problems = checkpointing.preflight(inst)
+    assert not any("setsid" in p for p in problems), problems  # PID 1 leads its own session
+    assert any("O_NOFOLLOW" in p for p in problems), problems  # pytest's capture files
+    ok = start_counter(host, "ok", tmp_path)
+    wait_counter_past(ok, 1)
+    assert checkpointing.preflight(ok) == []
+
+
+def test_round_trip_keeps_memory(host: Any, tmp_path: Path) -> None:
+    inst = start_counter(host, "ctr", tmp_path)
+    before = wait_counter_past(inst, 10)
+    r = checkpointing.checkpoint(inst, tmp_path / "ck")
+    assert inst.refresh().status == "stopped"
+    assert r.images_bytes > 0 and (tmp_path / "ck" / "stockade.json").exists()
+    inst.delete()
+    back = checkpointing.restore(host, tmp_path / "ck")
+    assert back.name == "ctr" and back.status == "running"
+    after = wait_counter_past(back, before)
+    # A restart would count from 1 again; a restore continues from memory.
+    assert after > before
+
+
+def test_restore_under_new_name_leave_running(host: Any, tmp_path: Path) -> None:
+    inst = start_counter(host, "orig", tmp_path)
+    before = wait_counter_past(inst, 5)
+    checkpointing.checkpoint(inst, tmp_path / "ck", leave_running=True)
+    assert inst.refresh().status == "running"
+    assert wait_counter_past(inst, before) > before  # the original goes on
+    copy = checkpointing.restore(host, tmp_path / "ck", name="copy")
+    assert copy.name == "copy"
+    assert wait_counter_past(copy, before) > before
+    assert {i.name for i in host.instances()} == {"orig", "copy"}
+    # The copy has its own storage and groups: deleting it leaves the original alone.
+    copy.delete(force=True)
+    assert inst.refresh().status == "running"
+
+
+def test_live_migration_keeps_memory(host: Any, remote_target: Any, tmp_path: Path) -> None:
+    from stockade import Host
+
+    inst = start_counter(host, "mig", tmp_path)
+    before = wait_counter_past(inst, 10)
+    target = remote_target()
+    rep = migrate.migrate(inst, migrate.Channel.of_socket(target.sock), mode="live")
+    assert rep.downtime_s > 0 and rep.bytes_moved > 0
+    assert host.instances() == []  # the source is gone
+    moved = Host(target.root).get("mig")
+    assert moved.status == "running"
+    assert wait_counter_past(moved, before) > before
+
+
+@pytest.mark.parametrize("fault", ["target:images", "target:storage", "target:restore", "source:storage"])
+def test_failed_migration_leaves_source_running_target_clean(
+    host: Any, remote_target: Any, fault: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from _helpers import leftovers  # type: ignore[import-not-found]
+    from stockade import Host
+
+    inst = start_counter(host, "keep", tmp_path)
+    before = wait_counter_past(inst, 5)
+    side = fault.split(":", maxsplit=1)[0]
+    if side == "source":
+        monkeypatch.setenv("STOCKADE_MIGRATE_FAULT", fault)
+        target = remote_target()
+    else:
+        target = remote_target({"STOCKADE_MIGRATE_FAULT": fault})
+    with pytest.raises(MigrationError):
+        migrate.migrate(inst, migrate.Channel.of_socket(target.sock), mode="live")
+    assert inst.refresh().status == "running"
+    assert wait_counter_past(inst, before) > before
+    target.sock.close()
+    err = target.close()
+    assert target.proc.returncode != 0, err
+    h2 = Host(target.root)
+    assert h2.instances() == []
+    assert leftovers(target.root, h2.tag) == []
+    migrate_tmp = target.root / "run" / "migrate"
+    assert not migrate_tmp.exists() or not list(migrate_tmp.iterdir())
+    assert read_counter(inst) >= before

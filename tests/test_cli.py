@@ -1,0 +1,225 @@
+"""The `stockade` command end to end: verbs, tables, one-line errors, detached instances."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@pytest.fixture
+def sk(root_dir: Path):  # type: ignore[no-untyped-def]
+    """Run the CLI against the test's own root; cleans up its instances afterwards."""
+
+    def run(*args: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+        r = subprocess.run(
+            [sys.executable, "-m", "stockade", "--root", str(root_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
+        if check:
+            assert r.returncode == 0, f"{args}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+        return r
+
+    yield run
+    names = run("list", "-q", check=False).stdout.split()
+    if names:
+        run("delete", "-f", *names, check=False)
+    run("gc", check=False)
+    from _helpers import leftovers
+    from stockade.host import host_tag
+
+    assert leftovers(root_dir, host_tag(root_dir)) == []
+    _wait_supervisor_gone(root_dir)
+
+
+def _wait_supervisor_gone(root: Path) -> None:
+    sock = root / "run" / "supervisor.sock"
+    deadline = time.monotonic() + 15
+    while sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sock.exists(), "the supervisor did not exit after its instances were gone"
+
+
+def test_readme_main_job(sk) -> None:  # type: ignore[no-untyped-def]
+    r = sk(
+        "run",
+        "--rm",
+        "--memory",
+        "64M",
+        "--cpus",
+        "0.5",
+        "--pids",
+        "64",
+        "--hostname",
+        "web1",
+        "--",
+        "sh",
+        "-c",
+        "hostname; ps; cat /proc/self/cgroup; mount",
+    )
+    lines = r.stdout.splitlines()
+    assert lines[0] == "web1"
+    ps = [line.split() for line in lines[1:] if line.split() and line.split()[0].isdigit()]
+    assert ps[0][0] == "1" and len(ps) <= 3, r.stdout  # PID 1 is ours; no host processes
+    assert "0::/" in r.stdout or ":/\n" in r.stdout
+    assert "proc on /proc type proc" in r.stdout
+    assert sk("list", "-q").stdout.strip() == ""  # --rm removed it
+
+
+def test_exit_status_and_rm(sk) -> None:  # type: ignore[no-untyped-def]
+    r = sk("run", "--rm", "--", "sh", "-c", "echo out; echo err >&2; exit 42", check=False)
+    assert r.returncode == 42 and r.stdout == "out\n" and r.stderr == "err\n"
+
+
+def test_detached_lifecycle(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    sk(
+        "create",
+        "web",
+        "--memory",
+        "64M",
+        "--pids",
+        "50",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo bye; exit 5' TERM; echo hello; while true; do sleep 0.1; done",
+    )
+    assert "created" in sk("list").stdout
+    sk("start", "web")
+    listing = json.loads(sk("list", "--format", "json").stdout)
+    assert listing[0]["status"] == "running" and listing[0]["pid"]
+    table = sk("list").stdout
+    for col in ("NAME", "STATE", "BACKENDS", "PID", "CREATED", "LIMITS"):
+        assert col in table
+    assert "mem 64M" in table and "pids 50" in table
+    assert sk("exec", "web", "--", "cat", "/proc/1/comm").stdout.strip() == "sh"
+    assert sk("exec", "web", "--", "sh", "-c", "exit 3", check=False).returncode == 3
+    stats = json.loads(sk("stats", "--format", "json", "web").stdout)[0]
+    assert stats["quota"]["memory_limit"] == 64 << 20 and stats["quota"]["pids_limit"] == 50
+    assert "MEM USED" in sk("stats", "web").stdout
+    sk("pause", "web")
+    assert json.loads(sk("list", "--format", "json").stdout)[0]["status"] == "paused"
+    sk("resume", "web")
+    sk("stop", "-t", "5", "web")
+    st = json.loads(sk("list", "--format", "json").stdout)[0]
+    assert st["status"] == "stopped" and st["exit_status"] == 5  # recorded by the supervisor
+    logs = sk("logs", "web").stdout
+    assert "hello" in logs and "bye" in logs
+    assert "exited (5)" in sk("list").stdout
+    sk("delete", "web")
+    assert sk("list", "-q").stdout.strip() == ""
+
+
+def test_detached_exit_recorded_without_anyone_waiting(sk) -> None:  # type: ignore[no-untyped-def]
+    sk("run", "-d", "--name", "quick", "--", "sh", "-c", "exit 17")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = json.loads(sk("inspect", "quick").stdout)
+        if st["exit_status"] is not None:
+            break
+        time.sleep(0.1)
+    assert st["status"] == "stopped" and st["exit_status"] == 17
+    sk("start", "quick")  # a stopped instance starts again
+    assert sk("wait", "quick").stdout.strip() == "17"
+
+
+def test_exec_with_terminal(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    import pty
+    import select
+
+    sk("run", "-d", "--name", "term", "--", "sleep", "60")
+    pid, fd = pty.fork()
+    if pid == 0:  # the CLI on a real terminal, as a person would run it
+        os.execv(
+            sys.executable,
+            [sys.executable, "-m", "stockade", "--root", str(root_dir), "exec", "-t", "term", "--", "sh"],
+        )
+    out = b""
+    sent = False
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.5)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if b"\x1b[6n" in chunk:  # the shell's line editor asks where the cursor is
+                    os.write(fd, b"\x1b[1;1R")
+                if not sent and b"# " in out:  # a prompt: type like a person would
+                    os.write(fd, b"tty; echo marker-$((6*7)); exit 4\r")
+                    sent = True
+    finally:
+        _, ws = os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"marker-42" in out, out
+    assert b"/dev/pts/" in out  # a terminal from the instance's own devpts
+    assert os.waitstatus_to_exitcode(ws) == 4
+
+
+def test_backends_table(sk) -> None:  # type: ignore[no-untyped-def]
+    out = sk("backends").stdout
+    for word in ("KIND", "CAN RUN", "linux_ns", "cgroup", "overlay", "dir"):
+        assert word in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--memory", "12XB", "--", "true"], "resources.memory: '12XB' is not a size"),
+        (["run", "--image", "nosuch", "--", "true"], "image 'nosuch' not found"),
+        (["run", "--allow", "mnt", "--", "true"], "did you mean 'mount'"),
+        (["run", "--isolation", "nosuch", "--", "true"], "no isolation backend named 'nosuch'"),
+        (["start", "ghost"], "no instance named 'ghost'"),
+        (["run", "--storage", "zfs", "--", "true"], "storage backend 'zfs' cannot run here"),
+    ],
+)
+def test_bad_input_is_one_line_and_changes_nothing(sk, root_dir: Path, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+    before = (
+        sorted(p.name for p in (root_dir / "instances").glob("*"))
+        if (root_dir / "instances").exists()
+        else []
+    )
+    r = sk(*args, check=False)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    after = (
+        sorted(p.name for p in (root_dir / "instances").glob("*"))
+        if (root_dir / "instances").exists()
+        else []
+    )
+    assert before == after
+
+
+def test_unknown_field_in_spec_file(sk, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "s.toml"
+    f.write_text('hostnme = "x"\n[resources]\nmemory = "64M"\n')
+    r = sk("create", "specced", "--spec", str(f), check=False)
+    assert r.returncode == 2 and "hostnme: unknown field (did you mean 'hostname'?)" in r.stderr
+
+
+def test_name_clash(sk) -> None:  # type: ignore[no-untyped-def]
+    sk("create", "twin", "--", "true")
+    r = sk("create", "twin", "--", "true", check=False)
+    assert r.returncode != 0 and "instance 'twin' already exists" in r.stderr
+    assert json.loads(sk("list", "--format", "json").stdout)[0]["status"] == "created"
+
+
+def test_debug_shows_traceback(sk) -> None:  # type: ignore[no-untyped-def]
+    r = sk("--debug", "start", "ghost", check=False)
+    assert r.returncode != 0 and "Traceback" in r.stderr

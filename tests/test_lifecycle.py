@@ -1,0 +1,106 @@
+"""The instance lifecycle through the Python API, on the real kernel and default backends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from stockade import Host, NotFound, StateConflict
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def test_create_start_wait_delete(host: Host) -> None:
+    inst = host.create({"name": "life", "process": {"args": ["sh", "-c", "exit 7"]}})
+    assert inst.status == "created" and inst.pid
+    assert host.get("life").status == "created"
+    inst.start()
+    assert inst.wait() == 7
+    assert host.get("life").status == "stopped" and host.get("life").exit_status == 7
+    inst.delete()
+    with pytest.raises(NotFound):
+        host.get("life")
+
+
+def test_isolation_visible_from_inside(host: Host) -> None:
+    inst = host.create({"name": "iso", "hostname": "web1", "process": {"args": ["sleep", "30"]}})
+    inst.start()
+    try:
+        assert inst.run(["hostname"]).stdout.strip() == b"web1"
+        ps = inst.run(["ps", "-o", "pid,comm"]).stdout.decode()
+        pids = [line.split()[0] for line in ps.splitlines()[1:]]
+        assert "1" in pids and len(pids) <= 3, ps  # sleep (1), ps itself, nothing of the host
+        status = inst.run(["cat", "/proc/self/status"]).stdout.decode()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        assert fields["Seccomp"].strip() == "2" and fields["NoNewPrivs"].strip() == "1"
+        capeff = int(fields["CapEff"], 16)
+        for cap in (21, 16, 17, 25, 12, 13, 27, 9, 19):  # SYS_ADMIN MODULE RAWIO TIME NET_ADMIN ...
+            assert not capeff & (1 << cap), f"capability {cap} present: {fields['CapEff']}"
+        mounts = inst.run(["cat", "/proc/self/mounts"]).stdout.decode()
+        assert str(host.root) not in mounts  # no host paths in its mount table
+        cg = inst.run(["cat", "/proc/self/cgroup"]).stdout.decode()
+        assert all(line.endswith(":/") for line in cg.split()), cg  # its own cgroup namespace
+    finally:
+        inst.delete(force=True)
+
+
+def test_stop_escalates_to_sigkill(host: Host) -> None:
+    # PID 1 ignores SIGTERM without a handler: stop must fall back to SIGKILL
+    inst = host.create({"name": "stubborn", "process": {"args": ["sleep", "60"]}, "stop_timeout": 0.3})
+    inst.start()
+    t = time.monotonic()
+    status = inst.stop()
+    assert time.monotonic() - t < 5
+    assert status == 128 + signal.SIGKILL
+    inst.delete()
+
+
+def test_kill_and_state_conflicts(host: Host) -> None:
+    inst = host.create(
+        {"name": "k", "process": {"args": ["sh", "-c", "trap 'exit 9' TERM; sleep 60 & wait"]}}
+    )
+    with pytest.raises(StateConflict):
+        inst.pause()
+    inst.start()
+    with pytest.raises(StateConflict, match="stop it first"):
+        inst.delete()
+    with pytest.raises(StateConflict, match="already running"):
+        inst.start()
+    time.sleep(0.2)
+    inst.kill(signal.SIGTERM)
+    assert inst.wait(timeout=10) == 9
+    inst.delete()
+
+
+def test_pause_resume(host: Host) -> None:
+    inst = host.create({"name": "p", "process": {"args": ["sleep", "60"]}})
+    inst.start()
+    inst.pause()
+    assert host.get("p").status == "paused"
+    inst.resume()
+    assert host.get("p").status == "running"
+    inst.delete(force=True)
+
+
+def test_restart_after_stop_keeps_the_root(host: Host) -> None:
+    inst = host.create(
+        {"name": "again", "process": {"args": ["sh", "-c", "echo x >> /count; wc -l < /count"]}}
+    )
+    inst.start()
+    assert inst.wait() == 0
+    inst.start()
+    assert inst.wait() == 0
+    inst.start()
+    inst.wait()
+    # the root file system persisted across the three runs: three lines
+    out = Path(inst.state.rootfs["path"]) / "count"  # type: ignore[index]
+    assert out.read_text().count("x") == 3
+    inst.delete()
+
+
+def test_run_convenience(host: Host) -> None:
+    assert host.run({"name": "once", "process": {"args": ["true"]}}) == 0
+    assert [i.name for i in host.instances()] == []
