@@ -197,6 +197,14 @@ class Host:
             )
         return out
 
+    def networks(self, isolation: str | None = None) -> Any:
+        """The named networks of the isolation backend (create, list, inspect, delete, gc)."""
+        iso = self.choose("isolation", isolation)
+        make = getattr(iso, "networks", None)
+        if make is None:
+            raise NotSupported(f"isolation backend {iso.name!r} has no named networks")
+        return make()
+
     # --- images -----------------------------------------------------------------------------
 
     def images(self, storage: str | None = None) -> list[str]:

@@ -86,10 +86,16 @@ class LinuxNsIsolation(IsolationBase):
 
     def check(self, spec: InstanceSpec) -> list[str]:
         out: list[str] = []
-        if spec.network.mode == "bridge" and _network_hooks() is None:
-            out.append(
-                "network mode bridge: not available (stockade_linux_ns.net has no attach_instance_network)"
-            )
+        if spec.network.mode == "bridge":
+            if _network_hooks() is None:
+                out.append(
+                    "network mode bridge: not available (stockade_linux_ns.net has no "
+                    "attach_instance_network)"
+                )
+            else:
+                from .net import check_network_spec
+
+                out.extend(check_network_spec(spec))
         if spec.user_namespace is not None and Restriction.HOST_PROCESSES in spec.allow:
             out.append(
                 "user_namespace with allow host_processes: not supported (/proc of the "
@@ -283,9 +289,17 @@ class LinuxNsIsolation(IsolationBase):
         bag.clear()
 
     def gc(self, known: Mapping[str, InstanceContext]) -> list[str]:
-        # Nothing host-wide: namespaces and mounts die with PID 1, and the only files are
-        # in each instance's run_dir, which the Host removes for unknown instances.
-        return []
+        # Namespaces and mounts die with PID 1 and the Host removes run_dirs of unknown
+        # instances; what is host-wide is the bridged network's: leases, links, rules.
+        if not (self.config.root / "networks").exists():
+            return []
+        return self.networks().gc({*known, *(c.id for c in known.values())})
+
+    def networks(self) -> Any:
+        """Named bridged networks of this host root (``stockade network ...``)."""
+        from .net import Networks
+
+        return Networks(self.config)
 
     # --- plans -------------------------------------------------------------------------
 

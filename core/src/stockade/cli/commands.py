@@ -327,6 +327,23 @@ def cmd_image(ns: argparse.Namespace, host: Host) -> int:
     return 0
 
 
+def cmd_network(ns: argparse.Namespace, host: Host) -> int:
+    nets = host.networks()
+    verb = {"rm": "delete"}.get(ns.network_command, ns.network_command)
+    if verb == "create":
+        info = nets.create(ns.name, ns.subnet, isolated=ns.isolated, mtu=ns.mtu)
+        print(info.name)
+    elif verb == "list":
+        from .tables import network_table
+
+        network_table(nets.list())
+    elif verb == "inspect":
+        print(json.dumps(nets.inspect(ns.name).to_dict(), indent=1, sort_keys=True))
+    else:
+        nets.delete(ns.name)
+    return 0
+
+
 def cmd_backends(ns: argparse.Namespace, host: Host) -> int:
     from .tables import backends_table
 
@@ -364,5 +381,6 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Host], int]] = {
     "image": cmd_image,
     "backends": cmd_backends,
     "gc": cmd_gc,
+    "network": cmd_network,
 }
 ALIASES = {"ls": "list", "ps": "list", "rm": "delete"}

@@ -128,6 +128,20 @@ def build_parser(remainder: bool = True) -> argparse.ArgumentParser:
 
     add_arguments(cmd("conformance", "run the conformance suite; write the verified feature matrix"))
 
+    c = cmd("network", "manage named networks (bridged, with their own subnets)")
+    nsub = c.add_subparsers(dest="network_command", metavar="COMMAND", required=True)
+    nc = nsub.add_parser("create", help="create a network")
+    nc.add_argument("name")
+    nc.add_argument("--subnet", action="append", default=[], metavar="CIDR",
+                    help="IPv4 and/or IPv6 subnet (repeatable; default: allocated)")
+    nc.add_argument("--isolated", action="store_true", help="instances on it cannot reach each other")
+    nc.add_argument("--mtu", type=int)
+    nsub.add_parser("list", help="list networks")
+    for verb, text in (("inspect", "a network, its instances and addresses, as JSON"),
+                       ("delete", "delete a network (refused while instances use it)")):
+        nc = nsub.add_parser(verb, help=text, aliases=["rm"] if verb == "delete" else [])
+        nc.add_argument("name")
+
     cmd("backends", "installed backends, whether each can run here, and why not")
     cmd("gc", "finish interrupted commands and remove leftovers of this host root")
     return p

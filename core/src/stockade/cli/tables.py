@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -128,4 +128,14 @@ def snapshot_table(snaps: Sequence[Snapshot]) -> None:
         t.add_column(col)
     for s in snaps:
         t.add_row(s.name, _ago(s.created), format_size(s.size))
+    Console().print(t)
+
+
+def network_table(nets: Sequence[Any]) -> None:
+    t = Table(box=None, header_style="bold")
+    for col in ("NETWORK", "BRIDGE", "SUBNETS", "GATEWAYS", "ISOLATED", "INSTANCES"):
+        t.add_column(col)
+    for n in nets:
+        t.add_row(n.name, n.bridge, ", ".join(n.subnets), ", ".join(n.gateways), "yes" if n.isolated else "no",
+                  ", ".join(str(i.get("name")) for i in n.instances) or "-")
     Console().print(t)
