@@ -15,7 +15,8 @@ from stockade.images import build_default_image
 from stockade.interfaces import BackendConfig, InstanceContext
 from stockade.spec import InstanceSpec
 
-BACKENDS = ["dir", "overlay"]
+BACKENDS = ["dir", "overlay", "overlay-btrfs"]
+QUOTA_FS_SIZE = "1G"  # sparse: costs what is written
 
 
 needs_root = pytest.mark.skipif(
@@ -24,7 +25,8 @@ needs_root = pytest.mark.skipif(
 
 
 def make_backend(name: str, root: Path) -> FileTreeStorage:
-    config = BackendConfig(root=root, run_dir=root / "run", host_tag="t")
+    options = {"quota_fs": "btrfs", "quota_fs_size": QUOTA_FS_SIZE} if name == "overlay-btrfs" else {}
+    config = BackendConfig(root=root, run_dir=root / "run", host_tag="t", options=options)
     if name == "dir":
         from stockade.builtin.dir_storage import DirStorage
 
@@ -45,6 +47,8 @@ def root() -> Iterator[Path]:
         yield path
     finally:
         remove_tree(path)  # unmounts whatever a failed test left mounted first
+        left = loops_under(path)
+        assert not left, f"loop devices left bound to files under {path}: {left}"
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +90,20 @@ def make_ctx(backend: FileTreeStorage, name: str, image: str = "default") -> Ins
         state_dir=root / "state" / iid,
         run_dir=root / "run" / iid,
     )
+
+
+def loops_under(path: Path, timeout: float = 2.0) -> list[str]:
+    """Loop devices whose backing file is under ``path`` (autoclear may take a moment)."""
+    import time
+
+    from stockade_overlay import loopdev
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [f"{lo.path} ({lo.backing})" for lo in loopdev.bound() if lo.backing.startswith(f"{path}/")]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.01)
 
 
 def mounts_in(path: Path) -> list[str]:

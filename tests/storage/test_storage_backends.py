@@ -281,7 +281,7 @@ def test_release_leaves_nothing(backend: FileTreeStorage) -> None:
     assert d.is_dir()
     backend.release(ctx)
     assert not d.exists()
-    assert mounts_in(backend.base) == []
+    assert mounts_in(backend.instances_dir) == []
     assert "storage" not in ctx.data
     backend.release(ctx)  # idempotent
     backend.unmount(ctx)
@@ -296,7 +296,7 @@ def test_release_leaves_nothing(backend: FileTreeStorage) -> None:
 
     linux.mount("stockade-test", str(d2 / "sub"), "tmpfs", 0, "size=1m")
     backend.release(never)
-    assert not d2.exists() and mounts_in(backend.base) == []
+    assert not d2.exists() and mounts_in(backend.instances_dir) == []
 
 
 def test_release_never_crosses_a_mount(backend: FileTreeStorage, root: Path) -> None:
@@ -311,7 +311,7 @@ def test_release_never_crosses_a_mount(backend: FileTreeStorage, root: Path) -> 
     linux.mount(str(precious), str(rootfs / "mnt/vol"), None, linux.MS_BIND)
     backend.release(ctx)
     assert (precious / "keep.txt").read_text() == "host data"
-    assert mounts_in(backend.base) == []
+    assert mounts_in(backend.instances_dir) == []
 
 
 def test_remove_image_refused_while_used(backend: FileTreeStorage, image_src: Path) -> None:
@@ -364,11 +364,14 @@ def test_usage_counts_instance_bytes(backend: FileTreeStorage) -> None:
         backend.release(ctx)
 
 
-def test_disk_quota_is_refused_by_check(backend: FileTreeStorage) -> None:
+def test_disk_quota_check(backend: FileTreeStorage) -> None:
     from stockade.spec import InstanceSpec
 
-    spec = InstanceSpec.from_dict({"name": "q", "resources": {"disk": "1G"}})
-    assert any("resources.disk" in line for line in backend.check(spec))
+    spec = InstanceSpec.from_dict({"name": "q", "resources": {"disk": "64M"}})
+    if Feature.DISK_QUOTA in backend.features:
+        assert backend.check(spec) == []
+    else:
+        assert any("resources.disk" in line for line in backend.check(spec))
     assert backend.check(InstanceSpec(name="q")) == []
 
 
@@ -389,5 +392,5 @@ def test_failed_provision_leaves_nothing(backend: FileTreeStorage, monkeypatch: 
     with pytest.raises(StorageError, match="No space left on device"):
         backend.provision(ctx)
     assert not backend.instance_dir(ctx).exists()
-    assert mounts_in(backend.base) == []
+    assert mounts_in(backend.instances_dir) == []
     assert "storage" not in ctx.data

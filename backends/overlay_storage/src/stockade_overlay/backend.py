@@ -14,6 +14,10 @@ Layout under ``<root>/storage/overlay/``::
     instances/<id>/upper-<gen>/ work-<gen>/   <gen> grows with each rollback
     instances/<id>/merged/                the mount point handed out as RootFS.path
     instances/<id>/snapshots/<name>/      committed layers
+
+With the option ``quota_fs = "btrfs"`` (quota.py) the same tree sits on a loop-backed
+btrfs, and upper-/work-/snapshots live in ``instances/<id>/data/``, a subvolume with the
+instance's disk quota (meta.json stays outside it, so a full instance can still be managed).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from stockade.builtin.dir_storage import (
 )
 from stockade.errors import NotFound, StateConflict, StorageError
 from stockade.features import Feature, Probe, Semantics
-from stockade.interfaces import InstanceContext, RootFS, Snapshot, StorageUsage
+from stockade.interfaces import BackendConfig, InstanceContext, RootFS, Snapshot, StorageUsage
+from stockade.spec import InstanceSpec
 
 # Pinned so a layer written here reads the same under any kernel defaults: no index (layers
 # move between stacks), no metacopy (a committed layer holds whole files), no redirects
@@ -46,7 +51,33 @@ _MAX_DATA = 4095  # mount(2) copies one page of options
 _SPECIAL = (",", ":", "\\")  # separators in overlay's option syntax
 
 
+QUOTA_FS = ("btrfs",)
+
+
+def quota_fs(config: BackendConfig) -> str | None:
+    """The ``quota_fs`` option: None (plain overlay on the host's file system) or "btrfs"."""
+    value = config.options.get("quota_fs")
+    if value in (None, "", "none"):
+        return None
+    if value not in QUOTA_FS:
+        why = (
+            " (xfs project quotas were measured out: this kernel has no CONFIG_XFS_QUOTA; "
+            "see docs/storage.md)"
+            if value == "xfs"
+            else ""
+        )
+        raise StorageError(f"overlay option quota_fs: {value!r} is not one of none, btrfs{why}")
+    return str(value)
+
+
 class OverlayStorage(FileTreeStorage):
+    """Plain mode: uppers on the host root's own file system; no disk quota, no block device.
+
+    With the option ``quota_fs = "btrfs"`` the object made is a ``QuotaOverlayStorage``
+    (quota.py), which declares DISK_QUOTA and io_limit_on = "block_device": what a
+    backend declares is a class attribute, so each mode is its own class.
+    """
+
     name: ClassVar[str] = "overlay"
     priority: ClassVar[int] = 100
     features: ClassVar[frozenset[Feature]] = frozenset({Feature.COPY_ON_WRITE, Feature.SNAPSHOT})
@@ -54,6 +85,27 @@ class OverlayStorage(FileTreeStorage):
         restore="any_snapshot",
         extra={"snapshot": "layer (copy of the upper)", "clone": "O(1) overlay mount"},
     )
+
+    def __new__(cls, config: BackendConfig) -> OverlayStorage:
+        if cls is OverlayStorage and quota_fs(config) is not None:
+            from .quota import QuotaOverlayStorage
+
+            return super().__new__(QuotaOverlayStorage)
+        return super().__new__(cls)
+
+    def check(self, spec: InstanceSpec) -> list[str]:
+        problems: list[str] = []
+        if spec.resources.disk is not None and Feature.DISK_QUOTA not in self.features:
+            problems.append(
+                f"resources.disk: storage {self.name!r} has no disk quota in this configuration "
+                "(set its option quota_fs = 'btrfs')"
+            )
+        if spec.resources.io.any() and self.semantics.io_limit_on != "block_device":
+            problems.append(
+                f"resources.io: storage {self.name!r} has no block device to limit I/O on in this "
+                "configuration (set its option quota_fs = 'btrfs')"
+            )
+        return problems
 
     def probe(self) -> Probe:
         if not sys.platform.startswith("linux"):
@@ -90,8 +142,15 @@ class OverlayStorage(FileTreeStorage):
 
     # -- layout --
 
+    # Where the instance's data (uppers, work dirs, snapshot layers) lives, relative to its
+    # directory: "" here; quota mode puts it in a subvolume so its record stays outside.
+    DATA: ClassVar[str] = ""
+
+    def _data(self, ctx: InstanceContext, name: str) -> Path:
+        return self.instance_dir(ctx) / self.DATA / name
+
     def _layer_rel(self, ctx: InstanceContext, snapshot: str) -> str:
-        return f"instances/{ctx.id}/snapshots/{snapshot}"
+        return self._data(ctx, f"snapshots/{snapshot}").relative_to(self.base).as_posix()
 
     def _paths(self, ctx: InstanceContext, meta: dict[str, Any]) -> tuple[Path, Path, Path]:
         d = self.instance_dir(ctx)
@@ -103,14 +162,15 @@ class OverlayStorage(FileTreeStorage):
         image = self._require_image(ctx.spec.image)
         d = self._start_instance_dir(ctx)
         try:
-            for sub in ("upper-0", "work-0", "merged"):
-                (d / sub).mkdir(mode=0o700)
-            _copy_root_attrs(image, d / "upper-0")
+            upper, work = self._data(ctx, "upper-0"), self._data(ctx, "work-0")
+            for sub in (upper, work, d / "merged"):
+                sub.mkdir(mode=0o700)
+            _copy_root_attrs(image, upper)
             meta = self._new_record(ctx)
             meta.update(
                 layers=[image.relative_to(self.base).as_posix()],
-                upper="upper-0",
-                work="work-0",
+                upper=upper.relative_to(d).as_posix(),
+                work=work.relative_to(d).as_posix(),
                 merged="merged",
                 gen=0,
             )
@@ -201,7 +261,7 @@ class OverlayStorage(FileTreeStorage):
         meta = self._load(ctx)
         self._check_new_snapshot(ctx, meta, name)
         upper, _, _ = self._paths(ctx, meta)
-        snaps = self.instance_dir(ctx) / "snapshots"
+        snaps = self._data(ctx, "snapshots")
         dest = snaps / name
         remove_tree(dest)  # left by a snapshot interrupted before its record was written
         tmp = snaps / tmp_name(name)
@@ -235,7 +295,7 @@ class OverlayStorage(FileTreeStorage):
             raise StorageError(f"instance {ctx.name!r}: layer of snapshot {name!r} is missing ({layer})")
         was_mounted = self._unmount(ctx, merged)
         gen = int(meta["gen"]) + 1
-        new_upper, new_work = d / f"upper-{gen}", d / f"work-{gen}"
+        new_upper, new_work = self._data(ctx, f"upper-{gen}"), self._data(ctx, f"work-{gen}")
         try:
             for p in (new_upper, new_work):
                 remove_tree(p)
@@ -247,8 +307,8 @@ class OverlayStorage(FileTreeStorage):
         # the new one is complete.
         meta.update(
             layers=[self._layer_rel(ctx, name), *snap["base"]],
-            upper=new_upper.name,
-            work=new_work.name,
+            upper=new_upper.relative_to(d).as_posix(),
+            work=new_work.relative_to(d).as_posix(),
             gen=gen,
         )
         self._save(ctx, meta)
@@ -280,7 +340,7 @@ class OverlayStorage(FileTreeStorage):
     def usage(self, ctx: InstanceContext) -> StorageUsage:
         meta = self._load(ctx)
         upper, _, _ = self._paths(ctx, meta)
-        return StorageUsage(used=tree_usage(upper, self.instance_dir(ctx) / "snapshots"))
+        return StorageUsage(used=tree_usage(upper, self._data(ctx, "snapshots")))
 
 
 def _copy_root_attrs(src: Path, dst: Path) -> None:

@@ -26,12 +26,16 @@ UNFIT_UPPER = {
 }
 
 
-def kernel_has_overlay() -> bool:
+def kernel_has(fstype: str) -> bool:
     try:
         with open("/proc/filesystems") as f:
-            return any(line.split()[-1] == "overlay" for line in f if line.strip())
+            return any(line.split()[-1] == fstype for line in f if line.strip())
     except OSError:
         return False
+
+
+def kernel_has_overlay() -> bool:
+    return kernel_has("overlay")
 
 
 def existing_ancestor(path: Path) -> Path:

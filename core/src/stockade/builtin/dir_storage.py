@@ -167,7 +167,7 @@ def tmp_name(what: str) -> str:
     return f"{_TMP}{os.getpid()}-{os.urandom(4).hex()}-{what}"
 
 
-def _tmp_owner_gone(name: str) -> bool:
+def tmp_owner_gone(name: str) -> bool:
     try:
         pid = int(name[len(_TMP) :].split("-", 1)[0])
     except ValueError:
@@ -357,17 +357,20 @@ class FileTreeStorage(StorageBase):
                 f"instance {ctx.name!r} is already provisioned in storage {self.name!r} (release it first)"
             )
         if d.exists():
-            remove_tree(d)  # half-made by an interrupted provision
+            self._remove_instance(d)  # half-made by an interrupted provision
         try:
             try:
-                d.mkdir(mode=0o700)
+                self._make_instance_dir(d)
             except FileNotFoundError:
                 self._ensure_dirs()  # first instance of this root; not on every provision
-                d.mkdir(mode=0o700)
+                self._make_instance_dir(d)
             self._set_instance_dir_owner(ctx, d)
         except OSError as e:
             raise StorageError(f"instance {ctx.name!r}: cannot create {d}: {e.strerror}") from e
         return d
+
+    def _make_instance_dir(self, d: Path) -> None:
+        d.mkdir(mode=0o700)
 
     @staticmethod
     def _set_instance_dir_owner(ctx: InstanceContext, d: Path) -> None:
@@ -422,8 +425,12 @@ class FileTreeStorage(StorageBase):
             raise AlreadyExists(f"instance {ctx.name!r} already has a snapshot {name!r}")
 
     def release(self, ctx: InstanceContext) -> None:
-        remove_tree(self.instance_dir(ctx))
+        self._remove_instance(self.instance_dir(ctx))
         ctx.data.pop("storage", None)
+
+    def _remove_instance(self, d: Path) -> bool:
+        """Delete an instance directory (unmounting what is below it); True if it existed."""
+        return remove_tree(d)
 
     def gc(self, known: Mapping[str, InstanceContext]) -> list[str]:
         ids = {c.id for c in known.values()}
@@ -437,11 +444,11 @@ class FileTreeStorage(StorageBase):
                 # one stubborn leftover must not keep gc from the others
                 try:
                     if e.name.startswith(_TMP):
-                        if _tmp_owner_gone(e.name) and remove_tree(Path(e.path)):
+                        if tmp_owner_gone(e.name) and remove_tree(Path(e.path)):
                             gone.append(f"storage {self.name!r}: removed abandoned {e.path}")
                     elif parent == self.instances_dir and e.name not in ids:
                         mounted = mounts_below(Path(e.path))
-                        if remove_tree(Path(e.path)):
+                        if self._remove_instance(Path(e.path)):
                             what = f" (unmounted {len(mounted)})" if mounted else ""
                             gone.append(f"storage {self.name!r}: removed orphan instance {e.name}{what}")
                 except StorageError as err:
