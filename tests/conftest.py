@@ -22,6 +22,9 @@ def root_dir() -> Iterator[Path]:
         yield d
     finally:
         from stockade.linux import umount_tree
+        from stockade.supervisor_client import shutdown
+
+        shutdown(str(d / "run"))
 
         umount_tree(str(d))
         shutil.rmtree(d, ignore_errors=True)
@@ -41,5 +44,8 @@ def host(root_dir: Path) -> Iterator[object]:
             except Exception as e:  # keep cleaning; the leak check below reports it
                 print(f"cleanup of {inst.name} failed: {e}")
         h.gc()
+        from stockade.supervisor_client import shutdown
+
+        shutdown(str(h.run_dir))
         left = leftovers(root_dir, h.tag)
         assert not left, f"test left host resources behind: {left}"

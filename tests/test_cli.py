@@ -43,6 +43,9 @@ def sk(root_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def _wait_supervisor_gone(root: Path) -> None:
+    from stockade.supervisor_client import shutdown
+
+    shutdown(str(root / "run"))
     sock = root / "run" / "supervisor.sock"
     deadline = time.monotonic() + 15
     while sock.exists() and time.monotonic() < deadline:

@@ -7,7 +7,8 @@ The public API. Names load on first use (PEP 562) so that importing one part, sa
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not typing's: importing typing costs milliseconds on the run path
 
 if TYPE_CHECKING:
     from .errors import (
@@ -140,7 +141,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     mod = _MODULE_OF.get(name)
     if mod is None:
         raise AttributeError(f"module 'stockade' has no attribute {name!r}")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
+from . import paths
 from .errors import (
     ImageNotFound,
     NotSupported,
@@ -53,8 +54,8 @@ from .plugins import PluginManager, default_manager
 from .spec import InstanceSpec, Process
 from .state import LIVE, InstanceState, StateStore, pid_alive, proc_start_time
 
-DEFAULT_ROOT = Path("/var/lib/stockade")
-DEFAULT_RUN_DIR = Path("/run/stockade")
+DEFAULT_ROOT = Path(paths.DEFAULT_ROOT)
+DEFAULT_RUN_DIR = Path(paths.DEFAULT_RUN_DIR)
 
 
 def host_tag(root: Path) -> str:
@@ -122,11 +123,8 @@ class Host:
         options: Mapping[str, Mapping[str, Any]] | None = None,
         plugins: PluginManager | None = None,
     ) -> None:
-        self.root = Path(root).absolute() if root else DEFAULT_ROOT
-        if run_dir:
-            self.run_dir = Path(run_dir).absolute()
-        else:
-            self.run_dir = DEFAULT_RUN_DIR if self.root == DEFAULT_ROOT else self.root / "run"
+        self.root = Path(paths.root_of(root))
+        self.run_dir = Path(os.path.abspath(run_dir) if run_dir else paths.run_dir_of(str(self.root)))
         self.tag = host_tag(self.root)
         self.plugins = plugins or default_manager()
         self.defaults: dict[Kind, str | None] = {"isolation": isolation, "quota": quota, "storage": storage}
@@ -343,7 +341,7 @@ class Host:
                 st.pid, st.pid_start = spawned.pid, proc_start_time(spawned.pid)
                 st.status = "created"
                 _fault("isolation")
-                self.store.save(st)
+                self.store.save(st, durable=True)
             except BaseException as e:
                 _unwind(undo, e)
                 raise

@@ -1,14 +1,20 @@
-"""One supervisor per host root for every detached instance.
+"""One supervisor per host root: the parent of every instance the CLI starts.
 
-Only a parent can learn a process's exit status, so the instances that outlive the
-command that made them (``create``, ``run -d``) are children of this one process: it
-is a child subreaper, creates and (re)starts them on request over a unix socket, reaps
-them and records each exit status. It starts on demand and exits once it has had no
-instance and no request for a while, so an idle host has no stockade process at all.
+Only a parent learns a process's exit status, so the instances that outlive the
+command that asked for them (``create``, ``run -d``) are children of this one process:
+a child subreaper that creates and (re)starts them on request, reaps them and records
+each exit status. ``run`` uses it too: the command hands over its standard streams
+(SCM_RIGHTS) and waits on the connection for the exit status, so a warm process does
+the work and the command itself imports almost nothing (DESIGN.md, Performance).
 
-Protocol: one JSON object per line each way. Requests: ``{"op": "create", "spec":
-{...}, "start": bool}``, ``{"op": "start", "name": ...}``, ``{"op": "ping"}``. Replies:
-``{"ok": true, ...}`` or ``{"ok": false, "error": {"type", "message", "errno"}}``.
+It starts on demand and exits once it has had no instance and no request for a while
+(``STOCKADE_SUPERVISOR_IDLE`` seconds, default 5), so an idle host has no stockade process.
+
+Protocol (supervisor_client.py): one JSON object per line each way. Requests:
+``create {spec, start}``, ``start {name}``, ``run {spec, terminal, rm}`` + stdio fds,
+``kill {name, signal}``, ``ping``, ``shutdown``. Replies: ``{"ok": true, ...}`` or
+``{"ok": false, "error": {"type", "message", "errno"}}``; ``run`` later sends
+``{"event": "exited", "exit_status": N}``.
 """
 
 from __future__ import annotations
@@ -16,114 +22,54 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
-import json
 import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import errors as _errors
 from .errors import StockadeError
 from .host import Host, Instance, shell_status
 from .interfaces import Stdio
+from .paths import supervisor_socket
+from .supervisor_client import Connection
 
-IDLE_EXIT_S = 3.0
 PR_SET_CHILD_SUBREAPER = 36
 
 
 def socket_path(host: Host) -> Path:
-    return host.run_dir / "supervisor.sock"
-
-
-# --- client -----------------------------------------------------------------------------------
+    return Path(supervisor_socket(str(host.run_dir)))
 
 
 def request(host: Host, msg: dict[str, Any]) -> dict[str, Any]:
     """Send one request to the host's supervisor (starting it if needed); raise its error."""
-    sock = _connect(host)
-    with sock, sock.makefile("rwb") as f:
-        f.write(json.dumps(msg).encode() + b"\n")
-        f.flush()
-        line = f.readline()
-    if not line:
-        raise StockadeError(
-            f"the stockade supervisor closed the connection; see {host.run_dir / 'supervisor.log'}"
-        )
-    reply: dict[str, Any] = json.loads(line)
-    if not reply.get("ok"):
-        err = reply.get("error", {})
-        cls = getattr(_errors, str(err.get("type")), StockadeError)
-        if not (isinstance(cls, type) and issubclass(cls, StockadeError)):
-            cls = StockadeError
-        e: StockadeError = cls.__new__(cls)
-        StockadeError.__init__(e, str(err.get("message", "supervisor error")), errno=err.get("errno"))
-        raise e
-    return reply
+    from .supervisor_client import request as _request
+
+    return _request(str(host.root), str(host.run_dir), msg)
 
 
-def _connect(host: Host) -> socket.socket:
-    path = socket_path(host)
-    s = _try_connect(path)
-    if s:
-        return s
-    host.run_dir.mkdir(parents=True, exist_ok=True)
-    lock = os.open(host.run_dir / "supervisor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        s = _try_connect(path)
-        if s:
-            return s
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        log = os.open(
-            host.run_dir / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-        )
-        try:
-            subprocess.Popen(
-                [sys.executable, "-m", "stockade.supervisor", str(host.root), str(host.run_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
-        finally:
-            os.close(log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            s = _try_connect(path)
-            if s:
-                return s
-            time.sleep(0.005)
-        raise StockadeError(f"the stockade supervisor did not start; see {host.run_dir / 'supervisor.log'}")
-    finally:
-        os.close(lock)
+@dataclass
+class Waiter:
+    """A ``run`` command waiting for its instance's exit status."""
 
-
-def _try_connect(path: Path) -> socket.socket | None:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        s.connect(str(path))
-        return s
-    except (FileNotFoundError, ConnectionRefusedError):
-        s.close()
-        return None
-
-
-# --- server -----------------------------------------------------------------------------------
+    name: str
+    conn: Connection | None
+    remove: bool
 
 
 class Supervisor:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.children: dict[int, str] = {}  # pid of an instance's first process -> name
+        self.waiters: dict[int, Waiter] = {}
         self.last_activity = time.monotonic()
+        self.idle_s = float(os.environ.get("STOCKADE_SUPERVISOR_IDLE", "5"))
+        self.sel = selectors.DefaultSelector()
 
     def serve(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -136,32 +82,35 @@ class Supervisor:
             if e.errno == errno.EADDRINUSE:
                 return  # another supervisor won the race
             raise
-        srv.listen(64)
+        srv.listen(128)
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wfd)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        sel = selectors.DefaultSelector()
-        sel.register(srv, selectors.EVENT_READ, "accept")
-        sel.register(rfd, selectors.EVENT_READ, "signal")
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.sel.register(srv, selectors.EVENT_READ, ("accept", None))
+        self.sel.register(rfd, selectors.EVENT_READ, ("signal", None))
         try:
             while True:
                 self._reap()
-                idle = not self.children and time.monotonic() - self.last_activity > IDLE_EXIT_S
-                if idle:
+                if not self.children and time.monotonic() - self.last_activity > self.idle_s:
                     break
-                for key, _ in sel.select(timeout=1.0):
-                    if key.data == "signal":
+                for key, _ in self.sel.select(timeout=min(1.0, max(self.idle_s, 0.05))):
+                    what, obj = key.data
+                    if what == "signal":
                         with contextlib.suppress(BlockingIOError):
                             os.read(rfd, 4096)
-                    else:
+                    elif what == "accept":
                         conn, _ = srv.accept()
-                        with conn:
-                            self._handle(conn)
+                        self._handle(Connection(conn))
+                    else:  # a waiting `run` whose command went away: the instance carries on
+                        self._drop_waiter_conn(obj)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             srv.close()
+
+    # --- children ---------------------------------------------------------------------------
 
     def _reap(self) -> None:
         while True:
@@ -172,9 +121,14 @@ class Supervisor:
             if pid == 0:
                 return
             name = self.children.pop(pid, None)
-            if name is not None:
-                self.last_activity = time.monotonic()
-                self._record(name, pid, shell_status(ws))
+            if name is None:
+                continue
+            self.last_activity = time.monotonic()
+            status = shell_status(ws)
+            self._record(name, pid, status)
+            waiter = self.waiters.pop(pid, None)
+            if waiter is not None:
+                self._finish(waiter, status)
 
     def _record(self, name: str, pid: int, status: int) -> None:
         with contextlib.suppress(StockadeError), self.host.store.lock(name):
@@ -182,26 +136,120 @@ class Supervisor:
             if st.pid == pid and st.status in ("created", "running", "paused"):
                 Instance(self.host, st)._record_exit(status)
 
-    def _handle(self, conn: socket.socket) -> None:
-        self.last_activity = time.monotonic()
-        conn.settimeout(30)
-        with conn.makefile("rwb") as f:
-            line = f.readline()
-            try:
-                reply = self._dispatch(json.loads(line))
-            except StockadeError as e:
-                reply = {
-                    "ok": False,
-                    "error": {"type": type(e).__name__, "message": str(e), "errno": e.errno},
-                }
-            except Exception as e:
-                reply = {
-                    "ok": False,
-                    "error": {"type": "StockadeError", "message": f"supervisor: {e}", "errno": errno.EIO},
-                }
+    def _finish(self, waiter: Waiter, status: int) -> None:
+        if waiter.remove:
+            with contextlib.suppress(StockadeError):
+                self.host.get(waiter.name).delete(force=True)
+        if waiter.conn is not None:
+            self.sel.unregister(waiter.conn.sock)
             with contextlib.suppress(OSError):
-                f.write(json.dumps(reply).encode() + b"\n")
-                f.flush()
+                waiter.conn.send({"event": "exited", "exit_status": status})
+            waiter.conn.close()
+
+    def _drop_waiter_conn(self, pid: int) -> None:
+        w = self.waiters.get(pid)
+        if w is not None and w.conn is not None:
+            self.sel.unregister(w.conn.sock)
+            w.conn.close()
+            w.conn = None
+
+    def _adopt(self, inst: Instance) -> None:
+        if inst.pid:
+            self.children[inst.pid] = inst.name
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def _handle(self, conn: Connection) -> None:
+        self.last_activity = time.monotonic()
+        conn.sock.settimeout(30)
+        fds: list[int] = []
+        keep = False
+        try:
+            msg, fds = conn.receive()
+            if msg is None:
+                return
+            reply, send_fds, keep_pid = self._dispatch(msg, fds)
+            fds = []  # _dispatch owns them now
+            conn.send(reply, send_fds)
+            for fd in send_fds:
+                os.close(fd)
+            if keep_pid is not None:
+                w = self.waiters[keep_pid]
+                w.conn = conn
+                conn.sock.setblocking(False)
+                self.sel.register(conn.sock, selectors.EVENT_READ, ("waiter", keep_pid))
+                keep = True
+        except StockadeError as e:
+            self._reply_error(conn, type(e).__name__, str(e), e.errno)
+        except Exception as e:
+            self._reply_error(conn, "StockadeError", f"supervisor: {type(e).__name__}: {e}", errno.EIO)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            if not keep:
+                conn.close()
+
+    @staticmethod
+    def _reply_error(conn: Connection, kind: str, message: str, err: int) -> None:
+        with contextlib.suppress(OSError):
+            conn.send({"ok": False, "error": {"type": kind, "message": message, "errno": err}})
+
+    def _dispatch(self, msg: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int], int | None]:
+        """-> (reply, fds to send with it, pid whose exit the connection waits for)."""
+        op = msg.get("op")
+        if op == "run":
+            return self._run(msg, fds)
+        for fd in fds:  # only `run` takes descriptors
+            os.close(fd)
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}, [], None
+        if op == "shutdown":
+            self.idle_s = 0.0
+            return {"ok": True}, [], None
+        if op == "kill":
+            self.host.get(str(msg["name"])).kill(int(msg.get("signal", signal.SIGTERM)))
+            return {"ok": True}, [], None
+        if op == "create":
+            spec = self.host.make_spec(msg["spec"])
+            inst = self._with_log(
+                spec.name, lambda stdio: self.host.create(spec, stdio=stdio, owner="supervisor")
+            )
+            self._adopt(inst)
+            if msg.get("start"):
+                inst.start()
+            return {"ok": True, "name": inst.name, "pid": inst.pid}, [], None
+        if op == "start":
+            inst = self.host.get(str(msg["name"]))
+            if inst.status == "stopped":
+                self._with_log(inst.name, lambda stdio: inst.start(stdio=stdio))
+            else:
+                inst.start()
+            self._adopt(inst)
+            return {"ok": True, "name": inst.name, "pid": inst.pid}, [], None
+        raise StockadeError(f"unknown supervisor request {op!r}")
+
+    def _run(self, msg: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int], int | None]:
+        try:
+            terminal = bool(msg.get("terminal"))
+            spec = self.host.make_spec(msg["spec"])
+            if terminal:
+                stdio = Stdio(terminal=True)
+            else:
+                stdin, stdout, stderr = (fds + [None, None, None])[:3]
+                stdio = Stdio(stdin=stdin, stdout=stdout, stderr=stderr)
+            inst = self.host.create(spec, stdio=stdio, owner="supervisor")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._adopt(inst)
+        self.waiters[inst.pid or 0] = Waiter(inst.name, None, bool(msg.get("rm")))
+        try:
+            inst.start()
+        except BaseException:
+            self.waiters.pop(inst.pid or 0, None)
+            raise
+        master = [inst.pty_master] if inst.pty_master is not None else []
+        return {"ok": True, "name": inst.name, "pid": inst.pid}, master, inst.pid
 
     def _stdio(self, name: str) -> Stdio:
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -210,38 +258,14 @@ class Supervisor:
         log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         return Stdio(stdin=null, stdout=log, stderr=log)
 
-    def _dispatch(self, msg: dict[str, Any]) -> dict[str, Any]:
-        op = msg.get("op")
-        if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
-        if op == "create":
-            spec = self.host.make_spec(msg["spec"])
-            # the log file lives in the instance dir, which create() makes: open it after
-            inst = self._with_log(
-                spec.name, lambda stdio: self.host.create(spec, stdio=stdio, owner="supervisor")
-            )
-            self._adopt(inst)
-            if msg.get("start"):
-                inst.start()
-            return {"ok": True, "name": inst.name, "pid": inst.pid}
-        if op == "start":
-            inst = self.host.get(str(msg["name"]))
-            if inst.status == "stopped":
-                self._with_log(inst.name, lambda stdio: inst.start(stdio=stdio))
-            else:
-                inst.start()
-            self._adopt(inst)
-            return {"ok": True, "name": inst.name, "pid": inst.pid}
-        raise StockadeError(f"unknown supervisor request {op!r}")
-
-    def _with_log(self, name: str, fn: Any) -> Any:
+    def _with_log(self, name: str, fn: Callable[[Stdio], Any]) -> Any:
         stdio = self._stdio(name)
         try:
             return fn(stdio)
         except BaseException:
             log = self.host.store.log_path(name)
-            # a log of a name that failed to become an instance is ours to remove; one of an
-            # existing instance is not
+            # the log of a name that failed to become an instance is ours to remove; one of
+            # an existing instance is not
             if not self.host.store.exists(name) and log.exists() and log.stat().st_size == 0:
                 log.unlink()
             raise
@@ -249,16 +273,6 @@ class Supervisor:
             for fd in (stdio.stdin, stdio.stdout):
                 if fd is not None:
                     os.close(fd)
-
-    def _adopt(self, inst: Instance) -> None:
-        if inst.pid:
-            self.children[inst.pid] = inst.name
-            st = inst.state
-            if not st.owner.startswith("supervisor:") or st.owner != f"supervisor:{os.getpid()}":
-                with self.host.store.lock(inst.name):
-                    cur = self.host.store.load(inst.name)
-                    cur.owner = f"supervisor:{os.getpid()}"
-                    self.host.store.save(cur)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import signal
 import sys
 import time
@@ -50,10 +49,6 @@ def _spec(ns: argparse.Namespace, host: Host, name: str) -> InstanceSpec:
     return host.make_spec(flags)
 
 
-def _generated_name() -> str:
-    return f"run-{secrets.token_hex(4)}"
-
-
 def _stdio(interactive: bool, terminal: bool) -> tuple[Stdio, list[int]]:
     if terminal:
         return Stdio(terminal=True), []
@@ -66,16 +61,10 @@ def _stdio(interactive: bool, terminal: bool) -> tuple[Stdio, list[int]]:
 # --- lifecycle --------------------------------------------------------------------------------
 
 
-def cmd_run(ns: argparse.Namespace, host: Host) -> int:
-    spec = _spec(ns, host, ns.name or _generated_name())
-    if ns.detach:
-        if ns.rm:
-            raise StockadeError("--rm and -d together are not supported yet: delete it when done")
-        from ..supervisor import request
-
-        reply = request(host, {"op": "create", "spec": spec.to_dict(), "start": True})
-        print(reply["name"])
-        return 0
+def run_in_process(ns: argparse.Namespace, name: str) -> int:
+    """`run` without the supervisor: this process is the instance's parent and waits."""
+    host = Host(ns.root) if ns.root else Host()
+    spec = _spec(ns, host, name)
     stdio, close = _stdio(ns.interactive, ns.tty)
     try:
         inst = host.create(spec, stdio=stdio, owner="cli")
@@ -106,24 +95,6 @@ def _attach(inst: Instance, remove: bool) -> int:
             signal.signal(s, h)
         if remove:
             inst.delete(force=True)
-
-
-def cmd_create(ns: argparse.Namespace, host: Host) -> int:
-    spec = _spec(ns, host, ns.name)
-    from ..supervisor import request
-
-    reply = request(host, {"op": "create", "spec": spec.to_dict(), "start": False})
-    print(reply["name"])
-    return 0
-
-
-def cmd_start(ns: argparse.Namespace, host: Host) -> int:
-    from ..supervisor import request
-
-    for name in ns.names:
-        host.get(name)  # a clear NotFound before talking to the supervisor
-        request(host, {"op": "start", "name": name})
-    return 0
 
 
 def cmd_exec(ns: argparse.Namespace, host: Host) -> int:
@@ -361,9 +332,6 @@ def cmd_gc(ns: argparse.Namespace, host: Host) -> int:
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, Host], int]] = {
-    "run": cmd_run,
-    "create": cmd_create,
-    "start": cmd_start,
     "exec": cmd_exec,
     "stop": cmd_stop,
     "kill": cmd_kill,

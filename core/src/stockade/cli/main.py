@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
 
 from ..errors import StockadeError
 from .specargs import add_spec_flags
@@ -132,13 +131,20 @@ def build_parser(remainder: bool = True) -> argparse.ArgumentParser:
     nsub = c.add_subparsers(dest="network_command", metavar="COMMAND", required=True)
     nc = nsub.add_parser("create", help="create a network")
     nc.add_argument("name")
-    nc.add_argument("--subnet", action="append", default=[], metavar="CIDR",
-                    help="IPv4 and/or IPv6 subnet (repeatable; default: allocated)")
+    nc.add_argument(
+        "--subnet",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="IPv4 and/or IPv6 subnet (repeatable; default: allocated)",
+    )
     nc.add_argument("--isolated", action="store_true", help="instances on it cannot reach each other")
     nc.add_argument("--mtu", type=int)
     nsub.add_parser("list", help="list networks")
-    for verb, text in (("inspect", "a network, its instances and addresses, as JSON"),
-                       ("delete", "delete a network (refused while instances use it)")):
+    for verb, text in (
+        ("inspect", "a network, its instances and addresses, as JSON"),
+        ("delete", "delete a network (refused while instances use it)"),
+    ):
         nc = nsub.add_parser(verb, help=text, aliases=["rm"] if verb == "delete" else [])
         nc.add_argument("name")
 
@@ -155,7 +161,7 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv, None
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
+def main(argv: list[str] | None = None) -> None:
     args_in = sys.argv[1:] if argv is None else argv
     flags, command = _split_command(args_in)
     debug = "--debug" in flags
@@ -169,9 +175,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
             if not hasattr(ns, "cmd"):
                 raise StockadeError(f"{ns.command!r} takes no command after '--'")
             ns.cmd = command
-        from . import commands
+        from .thin import HANDLERS as THIN
 
-        code = commands.dispatch(ns)
+        if ns.command in THIN:
+            code = THIN[ns.command](ns)
+        else:
+            from . import commands
+
+            code = commands.dispatch(ns)
     except StockadeError as e:
         if debug:
             raise

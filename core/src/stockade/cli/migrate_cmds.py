@@ -10,9 +10,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..host import Host
+if TYPE_CHECKING:
+    from ..host import Host
 
 
 def add_parsers(sub: Any) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs milliseconds on the run path
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:

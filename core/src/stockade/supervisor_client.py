@@ -1,0 +1,159 @@
+"""Talking to a host root's supervisor (see supervisor.py), starting it when needed.
+
+Stdlib only, and no import of the Host: this is the whole of what the CLI's hot path
+(``stockade run``) loads besides argparse. A request is one JSON line, optionally with
+file descriptors (SCM_RIGHTS); a reply is one JSON line, optionally with descriptors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from . import errors as _errors
+from .errors import StockadeError
+from .paths import supervisor_socket
+
+TYPE_CHECKING = False  # typing costs milliseconds on the run path; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
+
+MAX_FDS = 4
+
+
+class Connection:
+    """One request/reply exchange (and, for ``run``, the events after it)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
+        data = json.dumps(msg).encode() + b"\n"
+        if fds:
+            socket.send_fds(self.sock, [data], list(fds))
+        else:
+            self.sock.sendall(data)
+
+    def receive(self) -> tuple[dict[str, Any] | None, list[int]]:
+        """The next JSON line (None at EOF) and any descriptors that came with it."""
+        fds: list[int] = []
+        while b"\n" not in self._buf:
+            data, got, _, _ = socket.recv_fds(self.sock, 65536, MAX_FDS)
+            fds.extend(got)
+            if not data:
+                return None, fds
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return json.loads(line), fds
+
+
+def raise_reply_error(reply: dict[str, Any]) -> None:
+    """Re-raise an error the supervisor sent, as the same StockadeError class."""
+    err = reply.get("error", {})
+    cls = getattr(_errors, str(err.get("type")), StockadeError)
+    if not (isinstance(cls, type) and issubclass(cls, StockadeError)):
+        cls = StockadeError
+    e: StockadeError = cls.__new__(cls)
+    StockadeError.__init__(e, str(err.get("message", "supervisor error")), errno=err.get("errno"))
+    raise e
+
+
+def request(root: str, run_dir: str, msg: dict[str, Any]) -> dict[str, Any]:
+    """Send one request and return its reply; raise the error it carries."""
+    with connect(root, run_dir) as conn:
+        conn.send(msg)
+        reply, fds = conn.receive()
+    for fd in fds:
+        os.close(fd)
+    if reply is None:
+        raise StockadeError(
+            f"the stockade supervisor closed the connection; see {os.path.join(run_dir, 'supervisor.log')}"
+        )
+    if not reply.get("ok"):
+        raise_reply_error(reply)
+    return reply
+
+
+def connect(root: str, run_dir: str) -> Connection:
+    path = supervisor_socket(run_dir)
+    s = _try_connect(path)
+    if s:
+        return Connection(s)
+    os.makedirs(run_dir, exist_ok=True)
+    lock = os.open(os.path.join(run_dir, "supervisor.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        s = _try_connect(path)
+        if s:
+            return Connection(s)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        log = os.open(
+            os.path.join(run_dir, "supervisor.log"),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            subprocess.Popen(
+                [sys.executable, "-m", "stockade.supervisor", root, run_dir],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            os.close(log)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            s = _try_connect(path)
+            if s:
+                return Connection(s)
+            time.sleep(0.005)
+        raise StockadeError(
+            f"the stockade supervisor did not start; see {os.path.join(run_dir, 'supervisor.log')}"
+        )
+    finally:
+        os.close(lock)
+
+
+def _try_connect(path: str) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+        return s
+    except (FileNotFoundError, ConnectionRefusedError):
+        s.close()
+        return None
+    except OSError as e:
+        s.close()
+        if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            return None
+        raise
+
+
+def shutdown(run_dir: str) -> None:
+    """Ask a running supervisor to exit once it has no instance left (used by tests)."""
+    s = _try_connect(supervisor_socket(run_dir))
+    if s is None:
+        return
+    with Connection(s) as conn:
+        conn.send({"op": "shutdown"})
+        conn.receive()
