@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 HIDE_V2 = [
     "unshare",
     "-m",

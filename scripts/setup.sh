@@ -29,4 +29,7 @@ if ! [ -x .tools/uv/bin/uv ]; then
     python3 -m venv .tools/uv
     .tools/uv/bin/pip install -q uv
 fi
-.tools/uv/bin/uv sync -q --frozen --python 3.11
+.tools/uv/bin/uv sync -q --frozen --python 3.11 --compile-bytecode
+# The workspace's own modules are installed editable: compile them too, so that every run
+# loads cached bytecode (the run path has a time budget; see DESIGN.md, Performance).
+.venv/bin/python -m compileall -q core/src backends/*/src >/dev/null

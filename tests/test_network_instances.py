@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import pytest
-
 from stockade import Host, StateConflict
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -57,7 +57,11 @@ def test_declarations(backend: LinuxNsIsolation) -> None:
         Feature.NETWORK_ISOLATION,
         Feature.USER_NAMESPACE,
         Feature.TERMINAL,
+        Feature.CHECKPOINT,
+        Feature.LIVE_MIGRATION,
+        Feature.COLD_MIGRATION,
     }
+    assert backend.semantics.migration == "live"
     assert backend.restrictions == set(Restriction)
     assert backend.relaxable == set(Restriction)
     assert not DEFAULT_CAPS & set(FORBIDDEN_CAPS)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from . import paths
 from .errors import (
@@ -851,7 +851,7 @@ class Instance:
 
         return preflight(self, live=live)
 
-    def migrate(self, target: str, *, mode: str = "live", progress: bool = False) -> Any:
+    def migrate(self, target: str, *, mode: Literal["live", "cold"] = "live", progress: bool = False) -> Any:
         """Move the instance to another host (``ssh://``, ``unix:``, ``tcp:``); MigrationReport."""
         from . import migrate as m
 

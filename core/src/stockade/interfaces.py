@@ -102,8 +102,12 @@ class Snapshot:
     size: int | None = None
 
 
-# A callable the isolation backend runs in the instance's first process, with its own
-# host pid, before it unshares namespaces: the quota backend's attach.
+# The quota backend's attach: moves a process, named by its pid in the caller's pid
+# namespace, into the instance's cgroups. The isolation backend runs it either in the new
+# process itself (with its own pid) or in the calling process (with the new process's
+# host pid, overlapping the join with the new process's setup). Either way it completes
+# before the new process unshares its cgroup namespace (so the instance's own cgroup is
+# its cgroup root "/") and before any of the instance's code runs.
 JoinFn = Callable[[int], None]
 
 

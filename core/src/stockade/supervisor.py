@@ -235,7 +235,7 @@ class Supervisor:
             if terminal:
                 stdio = Stdio(terminal=True)
             else:
-                stdin, stdout, stderr = (fds + [None, None, None])[:3]
+                stdin, stdout, stderr = [*fds, None, None, None][:3]
                 stdio = Stdio(stdin=stdin, stdout=stdout, stderr=stderr)
             inst = self.host.create(spec, stdio=stdio, owner="supervisor")
         finally:

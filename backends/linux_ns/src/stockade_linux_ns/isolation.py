@@ -293,7 +293,8 @@ class LinuxNsIsolation(IsolationBase):
         # instances; what is host-wide is the bridged network's: leases, links, rules.
         if not (self.config.root / "networks").exists():
             return []
-        return self.networks().gc({*known, *(c.id for c in known.values())})
+        removed: list[str] = self.networks().gc({*known, *(c.id for c in known.values())})
+        return removed
 
     def networks(self) -> Any:
         """Named bridged networks of this host root (``stockade network ...``)."""

@@ -3,13 +3,26 @@
 Process layout (the caller is a child subreaper, so the instance's processes end up
 as its children and it can ``waitpid`` them for their exit status)::
 
-    caller ──fork──▶ launcher: join(own pid) into the cgroups, unshare (user first,
-                     then mnt/uts/ipc/net/cgroup/pid) ──fork──▶ PID 1 (or the exec'd
-                     process) ; the launcher exits, its child is reparented to the caller
+    no user namespace:  caller: unshare(pid), fork PID 1, setns(pid) back
+    user namespace:     caller ──fork──▶ launcher: unshare(user), id maps, unshare(pid)
+                        ──fork──▶ PID 1 ; the launcher exits, PID 1 is reparented to us
+
+    caller: join(PID 1's host pid) ┐ at the same time ┌ PID 1: unshare(mnt/uts/ipc/net),
+                                   │                  │ mounts, pivot_root, ...
+                                   └──── "1" ────────▶ PID 1: unshare(cgroup), "ready"
+
+Joining cgroups is done by the caller, overlapped with PID 1's setup: the first write
+of a pid to a cgroup v1 ``cgroup.procs`` (or any v2 one) takes cgroup_threadgroup_rwsem
+for writing, which waits for an RCU grace period (6-16 ms measured here, more than the
+whole mount setup). PID 1 unshares its cgroup namespace only once the join is done, so
+its cgroup root is the instance's own group; nothing of the instance runs before that
+(the command is exec'd after ``start``). For ``exec`` the launcher joins itself first:
+there is no setup to overlap with.
 
 Every child talks to the caller over one CLOEXEC pipe, one line per message
 (``userns``, ``netns``, ``pid N``, ``ready``, ``error <one line>``), and waits on a
-second pipe where the caller must act first (writing id maps, attaching a network).
+second pipe where the caller must act first (id maps, the join, attaching a network,
+in that order).
 Nothing here imports more than the standard library's cheap modules.
 """
 
@@ -294,43 +307,73 @@ def launch_instance(
     _preload(plan.proc.terminal)
     sock_p, sock_c = _socketpair() if plan.proc.terminal else (None, None)
     syscalls.set_child_subreaper()
-    launcher = os.fork()
-    if launcher == 0:
-        os.close(status_r)
-        os.close(sync_w)
-        _run_child(status_w, lambda: _launch(plan, join, status_w, sync_r, fifo_fd, sock_c))
-    unreaped: int | None = launcher
+    child_fds = [status_w, sync_r, fifo_fd] + ([sock_c.fileno()] if sock_c is not None else [])
+
+    def in_child(body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            # Our ends: a child holding sync_w would never see the caller go away.
+            os.close(status_r)
+            os.close(sync_w)
+            body()
+
+        return run
+
+    def pid1_body() -> None:
+        _pid1(plan, status_w, sync_r, fifo_fd, sock_c, child_fds)
+
+    launcher: int | None = None
+    pid1: int | None = None
+    try:
+        if plan.userns is None:
+            pid1 = _fork_pid1(plan.ns_flags & syscalls.CLONE_NEWPID, status_w, in_child(pid1_body))
+        else:
+            launcher = os.fork()
+            if launcher == 0:
+                body = in_child(lambda: _launch_userns(plan, status_w, sync_r, pid1_body))
+                _run_child(status_w, body)
+    except BaseException:
+        for fd in (status_r, status_w, sync_r, sync_w):
+            os.close(fd)
+        for sock in (sock_p, sock_c):
+            if sock is not None:
+                sock.close()
+        raise
+    unreaped = launcher
     os.close(status_w)
     os.close(sync_r)
     if sock_c is not None:
         sock_c.close()
-    pid1: int | None = None
     ready = False
     try:
+        if pid1 is not None:
+            _join(join, pid1, sync_w)
         for msg in _messages(status_r):
             if msg == "userns":
-                assert plan.userns is not None
+                assert plan.userns is not None and launcher is not None
                 _write_id_maps(launcher, plan.userns)
-                os.write(sync_w, b"1")
-            elif msg == "netns":
-                assert attach is not None
-                attach(f"/proc/{launcher}/ns/net")
                 os.write(sync_w, b"1")
             elif msg.startswith("pid "):
                 pid1 = int(msg[4:])
+                _join(join, pid1, sync_w)
+            elif msg == "netns":
+                assert attach is not None and pid1 is not None
+                attach(f"/proc/{pid1}/ns/net")
+                os.write(sync_w, b"1")
             elif msg == "ready":
                 ready = True
             elif msg.startswith("error "):
-                # Both children exit after an error; drain to learn (and reap) every pid.
+                # Every child exits after an error; drain to learn (and reap) every pid.
                 pid1 = _drain_pid(status_r, pid1)
-                _reap(launcher)
+                if launcher is not None:
+                    _reap(launcher)
                 unreaped = None
                 raise SetupFailed(msg[6:])
             if ready and pid1 is not None:
                 break
         else:
             raise SetupFailed("the instance's first process died during setup")
-        _reap(launcher)
+        if launcher is not None:
+            _reap(launcher)
         unreaped = None  # its pid may be reused from now on
         master = _recv_master(sock_p) if sock_p is not None else None
         return pid1, master
@@ -345,40 +388,76 @@ def launch_instance(
             sock_p.close()
 
 
-def _launch(  # noqa: PLR0917
-    plan: InstancePlan,
-    join: JoinFn,
-    status_w: int,
-    sync_r: int,
-    fifo_fd: int,
-    sock: Any,
-) -> None:
-    if not plan.proc.terminal:
-        _dup_stdio(plan.proc.stdio)
-    join(os.getpid())
-    _keep_only_fds([status_w, sync_r, fifo_fd] + ([sock.fileno()] if sock is not None else []))
-    if plan.userns is not None:
-        syscalls.unshare(syscalls.CLONE_NEWUSER)
-        _send(status_w, "userns")
-        _wait_sync(sync_r)
-        os.setresgid(0, 0, 0)
-        os.setresuid(0, 0, 0)
-    syscalls.unshare(plan.ns_flags)
-    if plan.loopback_up:
-        loopback_up()
-    if plan.attach_network:
-        _send(status_w, "netns")
-        _wait_sync(sync_r)
+def _join(join: JoinFn, pid1: int, sync_w: int) -> None:
+    """Move PID 1 into the instance's cgroups while it sets up, then let it go on."""
+    join(pid1)
+    os.write(sync_w, b"1")
+
+
+def _fork_pid1(newpid: int, status_w: int, body: Callable[[], None]) -> int:
+    """Fork PID 1 straight from the caller, in a new pid namespace if ``newpid``.
+
+    Without a user namespace nothing has to happen between unsharing and forking, so no
+    launcher process is needed: unshare(CLONE_NEWPID) changes only the namespace this
+    thread's *next* children go to (other threads and the caller itself stay where they
+    are), and setns back to the saved pid_for_children restores it right after the fork.
+    """
+    if not newpid:
+        pid = os.fork()
+        if pid == 0:
+            _run_child(status_w, body)
+        return pid
+    saved = os.open("/proc/thread-self/ns/pid_for_children", os.O_RDONLY | _O_CLOEXEC)
+    pid = -1
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWPID)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _run_child(status_w, body)
+        finally:
+            try:
+                syscalls.setns(saved, syscalls.CLONE_NEWPID, "pid namespace (back to our own)")
+            except BaseException:
+                # Our next child would be born inside the instance: make that impossible
+                # (a pid namespace whose init is gone takes no new process) and say so.
+                _kill_and_reap(pid if pid > 0 else None)
+                raise
+    finally:
+        os.close(saved)
+    return pid
+
+
+def _launch_userns(plan: InstancePlan, status_w: int, sync_r: int, pid1_body: Callable[[], None]) -> None:
+    """With a user namespace: enter it, wait for the caller's id maps, fork PID 1 in it.
+
+    The fds PID 1 needs (stdio sources, FIFO, terminal socket) stay open: PID 1 sorts
+    them out, and this process exits right after the fork."""
+    syscalls.unshare(syscalls.CLONE_NEWUSER)
+    _send(status_w, "userns")
+    _wait_sync(sync_r)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    syscalls.unshare(plan.ns_flags & syscalls.CLONE_NEWPID)
     pid = os.fork()
     if pid == 0:
-        _run_child(status_w, lambda: _pid1(plan, status_w, fifo_fd, sock))
+        _run_child(status_w, pid1_body)
     _send(status_w, f"pid {pid}")
 
 
-def _pid1(plan: InstancePlan, status_w: int, fifo_fd: int, sock: Any) -> None:
+def _pid1(  # noqa: PLR0917
+    plan: InstancePlan, status_w: int, sync_r: int, fifo_fd: int, sock: Any, keep: list[int]
+) -> None:
     # Until execve the instance's PID 1 is this runtime (host binary, full capabilities):
     # not dumpable, so nothing in the instance can open its /proc/<pid>/{mem,exe,fd}.
     syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+    if not plan.proc.terminal:
+        _dup_stdio(plan.proc.stdio)
+    _keep_only_fds(keep)
+    # pid and user namespaces are the forker's; cgroup waits for the join (below).
+    syscalls.unshare(plan.ns_flags & ~(syscalls.CLONE_NEWPID | syscalls.CLONE_NEWCGROUP))
+    if plan.loopback_up:
+        loopback_up()
     os.umask(0o022)
     rootfs.setup(plan.root)
     rootfs.pivot(plan.root.root)
@@ -386,6 +465,14 @@ def _pid1(plan: InstancePlan, status_w: int, fifo_fd: int, sock: Any) -> None:
     syscalls.keyctl_join_session_keyring(None)
     path = resolve_command(plan.proc.process)
     _check_cwd(plan.proc.process, create=True)
+    # Nothing above depends on our cgroups or cgroup namespace (no cgroup file system is
+    # mounted inside): the caller has been moving us into the instance's groups meanwhile.
+    _wait_sync(sync_r)
+    if plan.ns_flags & syscalls.CLONE_NEWCGROUP:
+        syscalls.unshare(syscalls.CLONE_NEWCGROUP)
+    if plan.attach_network:
+        _send(status_w, "netns")
+        _wait_sync(sync_r)
     if sock is not None:
         _terminal(sock)
         sock.close()

@@ -15,8 +15,7 @@ from typing import Any
 from ..errors import NotFound, SpecError, StockadeError
 from ..host import Host, Instance
 from ..interfaces import Stdio
-from ..spec import InstanceSpec, merge
-from .specargs import spec_from_args
+from ..spec import InstanceSpec
 
 
 def dispatch(ns: argparse.Namespace) -> int:
@@ -34,19 +33,9 @@ def dispatch(ns: argparse.Namespace) -> int:
 
 
 def _spec(ns: argparse.Namespace, host: Host, name: str) -> InstanceSpec:
-    flags = spec_from_args(ns, name, list(ns.cmd or []))
-    if ns.spec:
-        import tomllib
+    from .thin import spec_dict
 
-        try:
-            with open(ns.spec, "rb") as f:
-                base = tomllib.load(f)
-        except FileNotFoundError:
-            raise SpecError([("--spec", f"file {ns.spec!r} not found")]) from None
-        except tomllib.TOMLDecodeError as e:
-            raise SpecError([("--spec", f"{ns.spec!r} is not valid TOML: {e}")]) from e
-        flags = merge(base, flags)
-    return host.make_spec(flags)
+    return host.make_spec(spec_dict(ns, name))
 
 
 def _stdio(interactive: bool, terminal: bool) -> tuple[Stdio, list[int]]:

@@ -136,6 +136,12 @@ def network_table(nets: Sequence[Any]) -> None:
     for col in ("NETWORK", "BRIDGE", "SUBNETS", "GATEWAYS", "ISOLATED", "INSTANCES"):
         t.add_column(col)
     for n in nets:
-        t.add_row(n.name, n.bridge, ", ".join(n.subnets), ", ".join(n.gateways), "yes" if n.isolated else "no",
-                  ", ".join(str(i.get("name")) for i in n.instances) or "-")
+        t.add_row(
+            n.name,
+            n.bridge,
+            ", ".join(n.subnets),
+            ", ".join(n.gateways),
+            "yes" if n.isolated else "no",
+            ", ".join(str(i.get("name")) for i in n.instances) or "-",
+        )
     Console().print(t)

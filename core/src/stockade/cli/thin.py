@@ -9,6 +9,7 @@ instances in this process instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 
@@ -88,10 +89,8 @@ def _run_attached(ns: argparse.Namespace, name: str) -> int:
         def forward(signum: int, _frame: object) -> None:
             from ..supervisor_client import request
 
-            try:
+            with contextlib.suppress(StockadeError):  # it has just exited
                 request(root, run_dir, {"op": "kill", "name": reply["name"], "signal": signum})
-            except StockadeError:
-                pass  # it has just exited
 
         for s in FORWARDED:
             signal.signal(s, forward)
