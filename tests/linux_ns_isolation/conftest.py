@@ -64,3 +64,10 @@ def instances(backend: LinuxNsIsolation, image: Path, base_dir: Path) -> Iterato
         yield inst
     finally:
         inst.cleanup()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _children_before() -> None:
+    import linux_ns_helpers
+
+    linux_ns_helpers.BASELINE |= linux_ns_helpers.live_children()

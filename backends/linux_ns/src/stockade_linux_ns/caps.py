@@ -80,7 +80,8 @@ RELAXATION_CAPS: dict[Restriction, frozenset[str]] = {
     Restriction.NET_ADMIN: frozenset({"NET_ADMIN"}),
     Restriction.CHFLAGS: frozenset({"LINUX_IMMUTABLE"}),
     Restriction.KMOD: frozenset({"SYS_MODULE"}),
-    Restriction.KERNEL_MODIFY: frozenset({"SYS_RAWIO", "SYS_BOOT"}),
+    # bpf programs and CPU-wide perf events reach into the running kernel as much as /dev/mem
+    Restriction.KERNEL_MODIFY: frozenset({"SYS_RAWIO", "SYS_BOOT", "BPF", "PERFMON"}),
     Restriction.PTRACE: frozenset({"SYS_PTRACE"}),
     Restriction.SYS_TIME: frozenset({"SYS_TIME"}),
 }

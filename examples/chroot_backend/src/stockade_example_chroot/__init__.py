@@ -1,0 +1,1 @@
+"""An example third-party stockade backend: the classic chroot, declaring only what it does."""
