@@ -37,7 +37,18 @@ working() {
     "$CRIU" check >/dev/null 2>&1
 }
 
+# Post-copy migration: CRIU's lazy-pages daemon moves pages through pipes of up to 4 MiB,
+# past the default fs.pipe-max-size (1 MiB) that a process without CAP_SYS_RESOURCE in the
+# initial user namespace may not exceed. Raising the ceiling changes no pipe's size by itself.
+raise_pipe_max() {
+    cur=$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)
+    if [ "$cur" -lt 4194304 ] 2>/dev/null; then
+        echo 4194304 > /proc/sys/fs/pipe-max-size 2>/dev/null || log "could not raise fs.pipe-max-size (post-copy migration falls back to stop-and-copy)"
+    fi
+}
+
 if working; then
+    raise_pipe_max
     exit 0
 fi
 
@@ -115,4 +126,5 @@ if ! working; then
     log "$CRIU was built but \`criu check\` fails on this kernel"
     exit 1
 fi
+raise_pipe_max
 log "$("$CRIU" --version | head -n 1) installed in $PREFIX"

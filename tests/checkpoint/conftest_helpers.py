@@ -28,11 +28,28 @@ if _why:
 COUNTER = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done"]
 
 
-def counter_spec(name: str = "ctr", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "process": {"args": COUNTER}, **extra}
+# The same counter holding ~32 MiB of heap (a shell variable): post-copy then still has
+# pages to move for a while after the target resumed.
+BIG_COUNTER = [
+    "sh",
+    "-c",
+    "x=$(head -c 33554432 /dev/zero | tr '\\0' a); i=0; "
+    "while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done",
+]
 
 
-def start_counter(host: Any, name: str, tmp: Path) -> Any:
+def counter_spec(name: str = "ctr", big: bool = False, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "process": {"args": BIG_COUNTER if big else COUNTER}, **extra}
+
+
+def postcopy_skip_reason() -> str:
+    """Empty when post-copy can run here, else why not (for pytest.skip)."""
+    from stockade_linux_ns.checkpoint import CriuCheckpointer
+
+    return CriuCheckpointer().live_problems()["postcopy"]
+
+
+def start_counter(host: Any, name: str, tmp: Path, big: bool = False) -> Any:
     """A counter instance whose stdio are plain files (pytest's capture files are O_NOFOLLOW
     temporary files, which CRIU cannot re-open on restore)."""
     from stockade.interfaces import Stdio
@@ -40,7 +57,7 @@ def start_counter(host: Any, name: str, tmp: Path) -> Any:
     out = os.open(tmp / f"{name}.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     nul = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        inst = host.create(counter_spec(name), stdio=Stdio(nul, out, out))
+        inst = host.create(counter_spec(name, big), stdio=Stdio(nul, out, out))
     finally:
         os.close(out)
         os.close(nul)

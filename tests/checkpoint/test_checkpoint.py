@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_helpers import read_counter, start_counter, wait_counter_past
+from conftest_helpers import postcopy_skip_reason, read_counter, start_counter, wait_counter_past
 from stockade import checkpointing, migrate
 from stockade.errors import MigrationError
 
@@ -53,45 +54,99 @@ def test_restore_under_new_name_leave_running(host: Any, tmp_path: Path) -> None
     assert inst.refresh().status == "running"
 
 
-def test_live_migration_keeps_memory(host: Any, remote_target: Any, tmp_path: Path) -> None:
+def _wait_started(inst: Any, timeout: float = 30) -> int:
+    """The big counter writes /tmp/c only once its memory is filled."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = inst.run(["cat", "/tmp/c"])
+        if r.exit_status == 0 and r.stdout.strip():
+            return wait_counter_past(inst, int(r.stdout.strip()) + 3)
+        time.sleep(0.1)
+    raise AssertionError("the counter did not start")
+
+
+def _need_postcopy() -> None:
+    why = postcopy_skip_reason()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.mark.parametrize("method", ["post-copy", "stop-and-copy"])
+def test_live_migration_keeps_memory(host: Any, remote_target: Any, tmp_path: Path, method: str) -> None:
     from stockade import Host
 
-    inst = start_counter(host, "mig", tmp_path)
-    before = wait_counter_past(inst, 10)
+    if method == "post-copy":
+        _need_postcopy()
+    inst = start_counter(host, "mig", tmp_path, big=method == "post-copy")
+    before = _wait_started(inst)
     target = remote_target()
-    rep = migrate.migrate(inst, migrate.Channel.of_socket(target.sock), mode="live")
+    rep = migrate.migrate(inst, migrate.Channel.of_socket(target.sock), mode="live", method=method)
+    assert rep.method == method, rep
     assert rep.downtime_s > 0 and rep.bytes_moved > 0
+    if method == "post-copy":
+        # the heap moved after the restore, through the page-server relay, not as images
+        assert rep.pages_bytes > 16 << 20, rep
+        assert rep.images_bytes < 8 << 20, rep
     assert host.instances() == []  # the source is gone
     moved = Host(target.root).get("mig")
     assert moved.status == "running"
     assert wait_counter_past(moved, before) > before
 
 
-@pytest.mark.parametrize("fault", ["target:images", "target:storage", "target:restore", "source:storage"])
-def test_failed_migration_leaves_source_running_target_clean(
-    host: Any, remote_target: Any, fault: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_auto_method_follows_the_kernel(host: Any) -> None:
+    from stockade_linux_ns.checkpoint import CriuCheckpointer
+
+    cp = CriuCheckpointer()
+    caps, why = cp.capabilities(), cp.live_problems()
+    method, reason = migrate.choose_method(caps, "auto", why)
+    expected = "pre-copy" if caps["precopy"] else "post-copy" if caps["postcopy"] else "stop-and-copy"
+    assert method == expected, (method, reason)
+    if not caps["precopy"]:
+        assert "soft-dirty" in reason
+        with pytest.raises(MigrationError, match="soft-dirty"):
+            migrate.choose_method(caps, "pre-copy", why)
+
+
+FAULTS = [
+    ("target:images", "auto"),
+    ("target:storage", "auto"),
+    ("target:restore", "auto"),
+    ("source:storage", "auto"),
+    ("target:restore", "stop-and-copy"),
+    # post-copy, after the target resumed the copy, while its pages are still being served
+    ("source:pages", "post-copy"),
+    ("target:pages", "post-copy"),
+]
+
+
+@pytest.mark.parametrize(("fault", "method"), FAULTS)
+def test_failed_migration_leaves_source_running_target_clean(  # noqa: PLR0917 (fixtures)
+    host: Any, remote_target: Any, fault: str, method: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from _helpers import leftovers  # type: ignore[import-not-found]
     from stockade import Host
 
-    inst = start_counter(host, "keep", tmp_path)
-    before = wait_counter_past(inst, 5)
+    if method == "post-copy":
+        _need_postcopy()
+    inst = start_counter(host, "keep", tmp_path, big=method == "post-copy")
+    before = _wait_started(inst)
     side = fault.split(":", maxsplit=1)[0]
     if side == "source":
         monkeypatch.setenv("STOCKADE_MIGRATE_FAULT", fault)
         target = remote_target()
     else:
         target = remote_target({"STOCKADE_MIGRATE_FAULT": fault})
-    with pytest.raises(MigrationError):
-        migrate.migrate(inst, migrate.Channel.of_socket(target.sock), mode="live")
+    with pytest.raises(MigrationError, match=f"injected fault at {fault}"):
+        migrate.migrate(inst, migrate.Channel.of_socket(target.sock), mode="live", method=method)
     assert inst.refresh().status == "running"
     assert wait_counter_past(inst, before) > before
     target.sock.close()
     err = target.close()
     assert target.proc.returncode != 0, err
     h2 = Host(target.root)
-    assert h2.instances() == []
+    assert h2.instances() == [], err
     assert leftovers(target.root, h2.tag) == []
     migrate_tmp = target.root / "run" / "migrate"
     assert not migrate_tmp.exists() or not list(migrate_tmp.iterdir())
+    # continues from its own memory (a restart would count from 1 again)
     assert read_counter(inst) >= before

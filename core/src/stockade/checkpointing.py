@@ -39,6 +39,19 @@ FORMAT_VERSION = 1
 
 
 @runtime_checkable
+class LazyPagesDaemon(Protocol):
+    """The target's side of post-copy: serves the restored tree's missing pages until all are in."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until every page has arrived; raises if it failed, TimeoutError if still going."""
+        ...
+
+    def done(self) -> bool: ...
+
+    def kill(self) -> None: ...
+
+
+@runtime_checkable
 class Checkpointer(Protocol):
     """Optional part of an isolation backend (returned by its ``checkpointer()``)."""
 
@@ -60,7 +73,21 @@ class Checkpointer(Protocol):
         leave_running: bool = False,
         leave_stopped: bool = False,
         lazy_ps_fd: int | None = None,
-    ) -> dict[str, Any]: ...
+        parent: str | None = None,
+        on_images: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Dump into ``images``. ``lazy_ps_fd`` (post-copy): memory is served on that connected
+        socket after ``on_images`` and the call returns once the peer has all of it.
+        ``parent`` (pre-copy): the last pre-dump, relative to ``images``."""
+        ...
+
+    def pre_dump(self, ctx: InstanceContext, images: Path, *, parent: str | None = None) -> dict[str, Any]:
+        """Pre-copy: the memory, written while the instance runs (needs ``capabilities()['precopy']``)."""
+        ...
+
+    def lazy_pages(self, images: Path, ps_fd: int) -> LazyPagesDaemon:
+        """Post-copy target: start the page daemon that ``restore(..., lazy=True)`` connects to."""
+        ...
 
     def restore(
         self,

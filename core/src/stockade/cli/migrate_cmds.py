@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from ..errors import StockadeError
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def add_parsers(sub: Any) -> None:
         description="checkpoint a running instance (processes + file system) to DIR",
     )
     c.add_argument("name")
-    c.add_argument("dir")
+    c.add_argument("dir", nargs="?", help="where the checkpoint goes (not needed with --check)")
     c.add_argument("--leave-running", action="store_true", help="keep the instance running")
     c.add_argument("--check", action="store_true", help="only say whether it can be checkpointed")
 
@@ -44,6 +45,13 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("name")
     c.add_argument("--to", required=True, metavar="TARGET")
     c.add_argument("--cold", action="store_true", help="stop, move storage, start (no process state)")
+    c.add_argument(
+        "--method",
+        choices=["auto", "pre-copy", "post-copy", "stop-and-copy"],
+        default="auto",
+        help="live: how memory moves (auto: pre-copy with soft-dirty, else post-copy with "
+        "userfaultfd, else stop-and-copy)",
+    )
     c.add_argument("--stop-timeout", type=float, help="cold: seconds before SIGKILL")
     c.add_argument("--no-progress", action="store_true")
 
@@ -67,6 +75,8 @@ def cmd_checkpoint(ns: argparse.Namespace, host: Host) -> int:
         if not problems:
             print(f"{ns.name}: can be checkpointed")
         return 1 if problems else 0
+    if not ns.dir:
+        raise StockadeError("checkpoint needs a directory: stockade checkpoint NAME DIR (or --check)")
     r = checkpointing.checkpoint(inst, ns.dir, leave_running=ns.leave_running)
     print(
         f"checkpointed {ns.name} to {r.directory}: frozen {r.freeze_s * 1000:.0f} ms, "
@@ -94,12 +104,15 @@ def cmd_migrate(ns: argparse.Namespace, host: Host) -> int:
             inst,
             chan,
             mode="cold" if ns.cold else "live",
+            method=ns.method,
             progress=not ns.no_progress and sys.stderr.isatty(),
             stop_timeout=ns.stop_timeout,
         )
     finally:
         chan.close()
     print(r.summary())
+    if r.mode == "live":
+        print(f"method {r.method}: {r.why_method}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,11 @@ from ..spec import format_size
 if TYPE_CHECKING:
     from ..host import BackendInfo, Instance, Stats
     from ..interfaces import Snapshot
+
+
+def _console() -> Console:
+    # Piped output is for reading and grepping, not for an 80-column terminal: don't truncate.
+    return Console() if sys.stdout.isatty() else Console(width=250)
 
 
 def _ago(t: float | None) -> str:
@@ -63,7 +69,7 @@ def instance_table(insts: Sequence[Instance]) -> None:
             _ago(i.state.created_at),
             _limits(dict(i.state.spec.get("resources", {}))),
         )
-    Console().print(t)
+    _console().print(t)
 
 
 def stats_table(stats: Sequence[Stats]) -> None:
@@ -102,7 +108,7 @@ def stats_table(stats: Sequence[Stats]) -> None:
             str(q.oom_kills if q.oom_kills is not None else "-"),
             disk,
         )
-    Console().print(t)
+    _console().print(t)
 
 
 def backends_table(infos: Sequence[BackendInfo]) -> None:
@@ -119,7 +125,7 @@ def backends_table(infos: Sequence[BackendInfo]) -> None:
             b.probe.reason or "",
             ", ".join(sorted(f.value for f in b.features)),
         )
-    Console().print(t)
+    _console().print(t)
 
 
 def snapshot_table(snaps: Sequence[Snapshot]) -> None:
@@ -128,7 +134,7 @@ def snapshot_table(snaps: Sequence[Snapshot]) -> None:
         t.add_column(col)
     for s in snaps:
         t.add_row(s.name, _ago(s.created), format_size(s.size))
-    Console().print(t)
+    _console().print(t)
 
 
 def network_table(nets: Sequence[Any]) -> None:
@@ -144,4 +150,4 @@ def network_table(nets: Sequence[Any]) -> None:
             "yes" if n.isolated else "no",
             ", ".join(str(i.get("name")) for i in n.instances) or "-",
         )
-    Console().print(t)
+    _console().print(t)

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from stockade.checkpointing import LazyPagesDaemon
     from stockade.interfaces import InstanceContext, JoinFn, Spawned
 
 
@@ -26,11 +29,20 @@ class CriuCheckpointer:
         return probe_reason()
 
     def capabilities(self) -> dict[str, bool]:
-        """pre-copy (soft-dirty) and post-copy (userfaultfd) on this kernel."""
-        from .criu import feature_check
+        """pre-copy (soft-dirty) and post-copy (userfaultfd, and a lazy page server that works)."""
+        return {k: not v for k, v in self.live_problems().items()}
+
+    def live_problems(self) -> dict[str, str]:
+        """Per live method, why it cannot run here ('' when it can)."""
+        from .criu import feature_check, postcopy_problem
 
         f = feature_check()
-        return {"precopy": f["mem_track"], "postcopy": f["lazy_pages"]}
+        return {
+            "precopy": "" if f["mem_track"] else "pre-copy: this kernel has no soft-dirty memory tracking",
+            "postcopy": postcopy_problem()
+            if f["lazy_pages"]
+            else "post-copy: this kernel has no userfaultfd",
+        }
 
     def warm_up(self) -> None:
         """Import and look up what a restore needs, so none of it falls in a freeze."""
@@ -58,11 +70,33 @@ class CriuCheckpointer:
         leave_running: bool = False,
         leave_stopped: bool = False,
         lazy_ps_fd: int | None = None,
+        parent: str | None = None,
+        on_images: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         from .driver import dump
 
-        r = dump(ctx, images, leave_running=leave_running, leave_stopped=leave_stopped, lazy_ps_fd=lazy_ps_fd)
+        r = dump(
+            ctx,
+            images,
+            leave_running=leave_running,
+            leave_stopped=leave_stopped,
+            lazy_ps_fd=lazy_ps_fd,
+            parent=parent,
+            on_images=on_images,
+        )
         return {"freeze_s": r.freeze_s, "pages_bytes": r.pages_bytes, "images_bytes": r.images_bytes}
+
+    def pre_dump(self, ctx: InstanceContext, images: Path, *, parent: str | None = None) -> dict[str, Any]:
+        from .driver import pre_dump
+
+        r = pre_dump(ctx, images, parent=parent)
+        return {"freeze_s": r.freeze_s, "pages_bytes": r.pages_bytes, "images_bytes": r.images_bytes}
+
+    def lazy_pages(self, images: Path, ps_fd: int) -> LazyPagesDaemon:
+        """Start the daemon a post-copy restore (``restore(..., lazy=True)``) needs first."""
+        from .driver import LazyPages
+
+        return LazyPages(images, ps_fd)
 
     def restore(
         self,

@@ -193,3 +193,29 @@ def feature_check(binary: str | None = None) -> dict[str, bool]:
         resp = s.call(pb.FEATURE_CHECK, features={"mem_track": 1, "lazy_pages": 1, "pidfd_store": 1})
     f = resp.get("features", {})
     return {k: bool(f.get(k, 0)) for k in ("mem_track", "lazy_pages", "pidfd_store")}
+
+
+# criu's lazy page server tees pages through a pipe of PIPE_MAX_SIZE pages (page-pipe.h: 819
+# on x86-64), which the kernel rounds up to 1024 pages: 4 MiB. Over fs.pipe-max-size that
+# needs CAP_SYS_RESOURCE, and without it criu 4.1 fails every page request ("splice: Bad
+# file descriptor": the failed F_SETPIPE_SZ is not checked).
+LAZY_PIPE_BYTES = 4 << 20
+CAP_SYS_RESOURCE = 24
+
+
+def postcopy_problem() -> str:
+    """Why criu's lazy page server would fail in this process ('' when it works)."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next((int(ln.split()[1], 16) for ln in f if ln.startswith("CapEff:")), 0)
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            max_size = int(f.read())
+    except (OSError, ValueError):
+        return ""
+    if caps & (1 << CAP_SYS_RESOURCE) or max_size >= LAZY_PIPE_BYTES:
+        return ""
+    return (
+        f"post-copy: criu's page server needs a {LAZY_PIPE_BYTES >> 20} MiB pipe, over "
+        f"fs.pipe-max-size ({max_size}) without CAP_SYS_RESOURCE; run "
+        f"`sysctl -w fs.pipe-max-size={LAZY_PIPE_BYTES}` or give stockade CAP_SYS_RESOURCE"
+    )

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ from . import criu, inventory, pb
 MANIFEST = "stockade-criu.json"
 LOG_DUMP = "dump.log"
 LOG_RESTORE = "restore.log"
+LOG_PRE_DUMP = "pre-dump.log"
+LOG_LAZY = "lazy-pages.log"
+LOG_LEVEL = int(os.environ.get("STOCKADE_CRIU_LOG_LEVEL", "2"))  # 4: criu's debug log
 NETNS_KEY = "stk-netns"
 
 
@@ -112,7 +117,7 @@ def _known_mount_sources(ctx: InstanceContext) -> dict[str, str]:
 def _opts_common(images_fd: int, log: str) -> dict[str, Any]:
     return {
         "images_dir_fd": images_fd,
-        "log_level": 2,
+        "log_level": LOG_LEVEL,
         "log_file": log,
         "tcp_established": 1,
         "ext_unix_sk": 1,
@@ -132,8 +137,17 @@ def dump(
     leave_running: bool = False,
     leave_stopped: bool = False,
     lazy_ps_fd: int | None = None,
+    parent: str | None = None,
+    on_images: Callable[[], None] | None = None,
 ) -> DumpResult:
-    """Checkpoint the instance into ``images`` (a directory, created if needed)."""
+    """Checkpoint the instance into ``images`` (a directory, created if needed).
+
+    ``lazy_ps_fd``: post-copy. Anonymous memory is not written; once the other images are
+    complete (``on_images`` is called then) criu serves it as a page server on this connected
+    socket until the peer's lazy-pages daemon has every page, and only then returns.
+    ``parent``: the last pre-dump (a path relative to ``images``); only what changed since
+    it is written (pre-copy).
+    """
     pid = _pid1(ctx)
     problems = preflight(ctx)
     if problems:
@@ -155,7 +169,18 @@ def dump(
         "tcp_established": inv.tcp,
         "network_mode": ctx.spec.network.mode,
     }
+    # Written first: a post-copy dump hands its images over before criu returns.
+    (images / MANIFEST).write_text(json.dumps(manifest, indent=1))
     fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    conf: str | None = None
+    t_images: list[float] = []
+
+    def notify(script: str, _pid: int) -> None:
+        if script == "post-dump":
+            t_images.append(time.monotonic())
+            if on_images is not None:
+                on_images()
+
     try:
         opts = _opts_common(fd, LOG_DUMP)
         opts.update(pid=pid, external=externals, leave_running=int(leave_running or leave_stopped))
@@ -166,25 +191,141 @@ def dump(
         fz = _freezer_path(ctx)
         if fz:
             opts["freeze_cgroup"] = fz
+        if parent is not None:
+            opts.update(parent_img=parent, track_mem=1)
         pass_fds = [fd]
         if lazy_ps_fd is not None:
-            opts.update(lazy_pages=1, ps={"fd": lazy_ps_fd})
+            # RPC's `ps` message ignores its fd for lazy dumps (criu 4.1 cr-service.c) and
+            # would listen on a TCP port of every address instead: the connected socket goes
+            # in through an RPC config file (`ps-socket`), so no port is ever opened.
+            cfd, conf = tempfile.mkstemp(prefix="stockade-criu-lazy-", suffix=".conf")
+            with os.fdopen(cfd, "w") as f:
+                f.write(f"ps-socket {lazy_ps_fd}\n")
+            opts.update(lazy_pages=1, config_file=conf)
             pass_fds.append(lazy_ps_fd)
         t0 = time.monotonic()
         with criu.Swrk(pass_fds=pass_fds) as s:
-            resp = s.call(pb.DUMP, opts)
-        freeze = time.monotonic() - t0
+            resp = s.call(pb.DUMP, opts, notify=notify)
+        freeze = (t_images[0] if t_images and lazy_ps_fd is not None else time.monotonic()) - t0
     finally:
         os.close(fd)
+        if conf is not None:
+            os.unlink(conf)
     if not resp.get("success"):
+        (images / MANIFEST).unlink(missing_ok=True)
         raise criu.CriuFailed(
             f"instance {ctx.name!r}: checkpoint failed: {criu.log_error(images / LOG_DUMP)} "
             f"(log: {images / LOG_DUMP})"
         )
-    (images / MANIFEST).write_text(json.dumps(manifest, indent=1))
     pages = sum(p.stat().st_size for p in images.glob("pages-*.img"))
     total = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
     return DumpResult(freeze, pages, total)
+
+
+def pre_dump(ctx: InstanceContext, images: Path, *, parent: str | None = None) -> DumpResult:
+    """Pre-copy: write the instance's memory to ``images`` while it keeps running.
+
+    Needs soft-dirty tracking: the next pre-dump (or the final dump) names this one as its
+    ``parent`` and writes only the pages dirtied since.
+    """
+    pid = _pid1(ctx)
+    inv = inventory.collect(pid)
+    images.mkdir(parents=True, exist_ok=True)
+    externals = [f"mnt[{point}]:{key}" for point, key in inv.ext_mounts.items()]
+    externals += list(inv.ext_files)
+    if inv.netns_inode is not None and inv.netns_inode != os.stat("/proc/self/ns/net").st_ino:
+        externals.append(f"net[{inv.netns_inode}]:{NETNS_KEY}")
+    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        opts = _opts_common(fd, LOG_PRE_DUMP)
+        opts.update(pid=pid, external=externals, track_mem=1)
+        if parent is not None:
+            opts["parent_img"] = parent
+        fz = _freezer_path(ctx)
+        if fz:
+            opts["freeze_cgroup"] = fz
+        t0 = time.monotonic()
+        with criu.Swrk(pass_fds=[fd]) as s:
+            resp = s.call(pb.PRE_DUMP, opts)
+        frozen = time.monotonic() - t0
+    finally:
+        os.close(fd)
+    if not resp.get("success"):
+        raise criu.CriuFailed(
+            f"instance {ctx.name!r}: pre-dump failed: {criu.log_error(images / LOG_PRE_DUMP)} "
+            f"(log: {images / LOG_PRE_DUMP})"
+        )
+    pages = sum(p.stat().st_size for p in images.glob("pages-*.img"))
+    total = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
+    return DumpResult(frozen, pages, total)
+
+
+class LazyPages:
+    """``criu lazy-pages`` for a post-copy restore from the images in ``images``.
+
+    It listens on ``images/lazy-pages.socket`` for the restoring criu, takes the restored
+    tasks' userfaultfds, fetches each faulting page from the source's page server over
+    ``ps_fd`` (a connected socket, relayed by the caller) and, once the restore is done,
+    every other page in the background. It exits 0 when all pages are here.
+    """
+
+    def __init__(self, images: Path, ps_fd: int) -> None:
+        import select
+        import subprocess
+
+        self.log = images / LOG_LAZY
+        r, w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    criu.find(),
+                    "lazy-pages",
+                    "--page-server",
+                    "--ps-socket",
+                    str(ps_fd),
+                    "--status-fd",
+                    str(w),
+                    "-D",
+                    str(images),
+                    "-W",
+                    str(images),
+                    "-o",
+                    LOG_LAZY,
+                    f"-v{LOG_LEVEL}",
+                ],
+                pass_fds=(ps_fd, w),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            os.close(w)
+        try:
+            # Ready once it listens: the restore connects to it at once.
+            ready, _, _ = select.select([r], [], [], 30)
+            if not ready or os.read(r, 1) != b"\0":
+                self.kill()
+                raise criu.CriuFailed(f"criu lazy-pages did not start: {criu.log_error(self.log)}")
+        finally:
+            os.close(r)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until every page is here; CriuFailed if the daemon failed, TimeoutError if slower."""
+        import subprocess
+
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired as e:
+            raise TimeoutError(f"criu lazy-pages still running after {timeout} s") from e
+        if rc != 0:
+            raise criu.CriuFailed(f"criu lazy-pages failed (exit {rc}): {criu.log_error(self.log)}")
+
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 def _new_netns(ctx: InstanceContext, loopback: bool) -> tuple[int, int]:

@@ -59,6 +59,7 @@ OPTS: Schema = {
     "lazy_pages": (48, "int"),
     "status_fd": (49, "int"),
     "orphan_pts_master": (50, "int"),
+    "config_file": (51, "str"),
     "tcp_close": (52, "int"),
     "network_lock": (64, "int"),
     "skip_file_rwx_check": (66, "int"),
