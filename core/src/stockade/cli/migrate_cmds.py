@@ -10,8 +10,9 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from ..errors import StockadeError
 from typing import TYPE_CHECKING, Any
+
+from ..errors import StockadeError
 
 if TYPE_CHECKING:
     from ..host import Host
