@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnsupportedFeature
+from ..errors import NotFound, UnsupportedFeature
 from ..host import Instance
 from ..interfaces import Stdio
 from .outcomes import not_supported
@@ -86,7 +86,9 @@ def running(
         inst.start()
         yield inst
     finally:
-        inst.delete(force=True)
+        # a test may have moved it away (migration) or deleted it itself
+        with contextlib.suppress(NotFound):
+            inst.delete(force=True)
 
 
 # --- the host's view, from the kernel ---------------------------------------------------
