@@ -118,6 +118,12 @@ def judge_relaxed(restriction: Restriction, run: ProbeRun, baseline: ProbeRun) -
         return Verdict(
             False, True, f"the probe did not report {', '.join(missing)} (exit {run.status})", notes
         )
+    # "inconclusive" inside: the kernel could not tell (e.g. a host policy that no relaxation
+    # reaches, like Debian's perf_event_paranoid=3); reported, neither passed nor failed
+    unclear = [c for c in required if run.results[c].verdict == "inconclusive"]
+    for c in unclear:
+        notes.append(f"inconclusive inside the instance: {_show(run.results[c])}")
+    required = [c for c in required if c not in unclear]
     refused = [run.results[c] for c in required if not run.results[c].allowed]
     if refused:
         return Verdict(
