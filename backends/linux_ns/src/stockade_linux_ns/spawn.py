@@ -344,9 +344,10 @@ def launch_instance(
     if sock_c is not None:
         sock_c.close()
     ready = False
+    join_failed: BaseException | None = None
     try:
         if pid1 is not None:
-            _join(join, pid1, sync_w)
+            join_failed = _join(join, pid1, sync_w)
         for msg in _messages(status_r):
             if msg == "userns":
                 assert plan.userns is not None and launcher is not None
@@ -354,7 +355,7 @@ def launch_instance(
                 os.write(sync_w, b"1")
             elif msg.startswith("pid "):
                 pid1 = int(msg[4:])
-                _join(join, pid1, sync_w)
+                join_failed = _join(join, pid1, sync_w)
             elif msg == "netns":
                 assert attach is not None and pid1 is not None
                 attach(f"/proc/{pid1}/ns/net")
@@ -371,7 +372,11 @@ def launch_instance(
             if ready and pid1 is not None:
                 break
         else:
+            if join_failed is not None:
+                raise join_failed
             raise SetupFailed("the instance's first process died during setup")
+        if join_failed is not None:
+            raise join_failed
         if launcher is not None:
             _reap(launcher)
         unreaped = None  # its pid may be reused from now on
@@ -388,10 +393,19 @@ def launch_instance(
             sock_p.close()
 
 
-def _join(join: JoinFn, pid1: int, sync_w: int) -> None:
-    """Move PID 1 into the instance's cgroups while it sets up, then let it go on."""
-    join(pid1)
-    os.write(sync_w, b"1")
+def _join(join: JoinFn, pid1: int, sync_w: int) -> BaseException | None:
+    """Move PID 1 into the instance's cgroups while it sets up, then let it go on.
+
+    A PID 1 whose setup already failed may be gone: then the join or the write fails too,
+    and what the caller must report is PID 1's own error (still in the status pipe), so the
+    failure is returned, not raised.
+    """
+    try:
+        join(pid1)
+        os.write(sync_w, b"1")
+    except Exception as e:  # EPIPE, ESRCH: PID 1 is gone
+        return e
+    return None
 
 
 def _fork_pid1(newpid: int, status_w: int, body: Callable[[], None]) -> int:
