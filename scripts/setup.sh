@@ -11,6 +11,22 @@ cd "$(dirname "$0")/.."
 PACKAGES="busybox-static libseccomp2 python3 python3-venv gcc libc6-dev iproute2 nftables libnftables1
 runc crun bubblewrap hyperfine xfsprogs btrfs-progs util-linux"
 
+# The ZFS libraries (libzfs_core, libzfs, libnvpair: the zfs storage backend loads them with
+# cffi; the headers generate its declarations) are in Debian's contrib component.
+CONTRIB=/etc/apt/sources.list.d/stockade-contrib.sources
+if ! [ -f "$CONTRIB" ]; then
+    cat > "$CONTRIB" <<'SRC'
+# stockade: Debian contrib, for the ZFS libraries (libzfslinux-dev) and the VM tier's zfs-dkms
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: contrib
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get update -qq
+fi
+PACKAGES="$PACKAGES libzfslinux-dev"
+
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -18,7 +34,7 @@ done
 if [ -n "$missing" ]; then
     echo "setup: installing$missing" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $missing >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 $missing >/dev/null
 fi
 
 # CRIU 4.1 for checkpoint/restore and migration (Debian 12's 3.17 fails on kernels >= 6.13)
