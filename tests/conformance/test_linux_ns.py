@@ -9,3 +9,12 @@ pytest_plugins = ["stockade.testing"]
 
 class TestLinuxNsCgroupOverlay(ConformanceSuite):
     backends = BackendChoice(isolation="linux_ns", quota="cgroup", storage="overlay")
+
+
+class TestLinuxNsCgroupOverlayQuota(ConformanceSuite):
+    """overlay with its disk-quota mode: uppers on a loop-backed btrfs (qgroups), which also
+    gives the instance a block device for I/O rate limits."""
+
+    backends = BackendChoice(
+        isolation="linux_ns", quota="cgroup", storage="overlay", options={"overlay": {"quota_fs": "btrfs"}}
+    )

@@ -85,14 +85,14 @@ def declared_of(choice: BackendChoice) -> Declared:
     for kind in KINDS:
         name = getattr(choice, kind)
         try:
-            if name:
-                classes[kind] = plugins.registry.get(kind, name).factory
-                continue
             from ..host import Host
 
+            # what a factory makes can depend on its options (overlay's quota mode is
+            # another class that declares more): ask an instance, not the registered factory
             with tempfile.TemporaryDirectory(prefix="stockade-test-declared-") as tmp:
                 host = Host(tmp, plugins=plugins, options=choice.options)
-                classes[kind] = type(host.choose(kind))
+                backend = host.backend(kind, name) if name else host.choose(kind)
+                classes[kind] = type(backend)
         except StockadeError as e:
             classes[kind] = None
             problems[kind] = str(e)

@@ -20,6 +20,12 @@ from .subject import PROBE_PATH, Subject
 
 R = Restriction
 # Checks that can only come out allowed when another restriction is relaxed as well.
+# Checks that show a restriction enforced but are not what its relaxation grants: opening a
+# block device is for the device allow-list to decide, not for the right to create nodes.
+NOT_RELAXED_BY: dict[str, str] = {
+    "mknod.block_device_open": "opening a block device is the device allow-list's decision, not mknod's",
+}
+
 DEPENDS: dict[str, frozenset[Restriction]] = {
     "ptrace.host_pid": frozenset({R.HOST_PROCESSES}),
     "kernel_modify.dev_mem": frozenset({R.MKNOD}),
@@ -105,7 +111,9 @@ def judge_relaxed(restriction: Restriction, run: ProbeRun, baseline: ProbeRun) -
     required, notes = [], []
     for c in checks:
         host = baseline.results.get(c)
-        if host is None or not host.allowed:
+        if c in NOT_RELAXED_BY:
+            notes.append(f"not required ({c}: {NOT_RELAXED_BY[c]})")
+        elif host is None or not host.allowed:
             why = _show(host) if host else f"{c}: not reported on the host"
             notes.append(f"not required (the host itself cannot show it allowed): {why}")
         elif not DEPENDS.get(c, frozenset()) <= allow:
