@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +27,7 @@ from . import storage_stream
 from .errors import NotSupported, StateConflict, StockadeError, Unavailable
 from .features import Feature
 from .interfaces import InstanceContext, IsolationBackend, JoinFn, Spawned, Stdio, StorageBackend
-from .state import InstanceState, proc_start_time
+from .state import proc_start_time
 
 if TYPE_CHECKING:
     from .host import Host, Instance
@@ -265,28 +264,13 @@ def restore(
     spec_d = dict(m["spec"])
     spec_d["name"] = name or m["name"]
     spec = host.make_spec(spec_d)
-    b = m["backends"]
-    iso = cast(IsolationBackend, host.choose("isolation", b.get("isolation")))
-    from .interfaces import QuotaBackend
-
-    quota = cast(QuotaBackend, host.choose("quota", b.get("quota")))
-    storage = cast(StorageBackend, host.choose("storage", b.get("storage")))
-    host._check_features(spec, iso, quota, storage)
+    iso, quota, storage, st = host._plan(spec, m["backends"], "api")
     cp = None if boot else checkpointer_of(iso)
-    host.store.ensure()
-    host._ensure_image(storage, spec.image)
     fmt = str(m["storage_format"])
     if fill_storage is None and fmt not in storage_stream.formats_for(storage):
         raise StockadeError(
             f"{d}: its file system is in format {fmt!r}, which storage {storage.name!r} cannot take"
         )
-    st = InstanceState(
-        name=spec.name,
-        id=secrets.token_hex(6),
-        spec=spec.to_dict(),
-        backends={"isolation": iso.name, "quota": quota.name, "storage": storage.name},
-        owner=f"api:{os.getpid()}",
-    )
     with host.store.lock(spec.name):
         host.store.reserve(st)
         ctx = host._ctx(st, spec)

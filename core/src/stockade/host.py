@@ -302,14 +302,14 @@ class Host:
             cast(StorageBackend, self.backend("storage", st.backends["storage"])),
         )
 
-    def create(
-        self, spec: InstanceSpec | Mapping[str, Any], *, stdio: Stdio | None = None, owner: str = "api"
-    ) -> Instance:
-        """Create an instance: storage, limits and isolation in place, its process waiting."""
-        spec = self.make_spec(spec)
-        iso = cast(IsolationBackend, self.choose("isolation", spec.backends.isolation))
-        quota = cast(QuotaBackend, self.choose("quota", spec.backends.quota))
-        storage = cast(StorageBackend, self.choose("storage", spec.backends.storage))
+    def _plan(
+        self, spec: InstanceSpec, backends: Mapping[str, str | None], owner: str
+    ) -> tuple[IsolationBackend, QuotaBackend, StorageBackend, InstanceState]:
+        """Everything decided before a new instance touches the host (create, restore): the
+        backends, the spec checked against them, the image, the first state to reserve."""
+        iso = cast(IsolationBackend, self.choose("isolation", backends.get("isolation")))
+        quota = cast(QuotaBackend, self.choose("quota", backends.get("quota")))
+        storage = cast(StorageBackend, self.choose("storage", backends.get("storage")))
         self._check_features(spec, iso, quota, storage)
         self.store.ensure()
         self._ensure_image(storage, spec.image)
@@ -319,6 +319,17 @@ class Host:
             spec=spec.to_dict(),
             backends={"isolation": iso.name, "quota": quota.name, "storage": storage.name},
             owner=f"{owner}:{os.getpid()}",
+        )
+        return iso, quota, storage, st
+
+    def create(
+        self, spec: InstanceSpec | Mapping[str, Any], *, stdio: Stdio | None = None, owner: str = "api"
+    ) -> Instance:
+        """Create an instance: storage, limits and isolation in place, its process waiting."""
+        spec = self.make_spec(spec)
+        b = spec.backends
+        iso, quota, storage, st = self._plan(
+            spec, {"isolation": b.isolation, "quota": b.quota, "storage": b.storage}, owner
         )
         with self.store.lock(spec.name):
             self.store.reserve(st)
