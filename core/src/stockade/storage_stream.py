@@ -17,7 +17,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
@@ -93,29 +93,39 @@ def _source_dir(ctx: InstanceContext, fmt: str) -> Path:
 
 
 @contextlib.contextmanager
+def _piped(
+    ctx: InstanceContext, what: str, work: Callable[[IO[bytes]], None], *, worker_writes: bool
+) -> Iterator[IO[bytes]]:
+    """Run a backend's native stream ``work`` in a thread on one end of a pipe and yield the
+    other end (native send/receive write to or read from a file, not an iterator)."""
+    import threading
+
+    r, w = os.pipe()
+    errs: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with os.fdopen(w if worker_writes else r, "wb" if worker_writes else "rb") as f:
+                work(f)
+        except BaseException as e:
+            errs.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    with os.fdopen(r if worker_writes else w, "rb" if worker_writes else "wb") as mine:
+        yield mine
+    t.join()
+    if errs:
+        raise StorageError(f"instance {ctx.name!r}: storage {what} failed: {errs[0]}") from errs[0]
+
+
+@contextlib.contextmanager
 def sender(storage: StorageBackend, ctx: InstanceContext, fmt: str) -> Iterator[IO[bytes]]:
     """A readable stream of the instance's file system in ``fmt``; raises if it failed."""
     if fmt.startswith("native:"):
-        r, w = os.pipe()
-        import threading
-
-        errs: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with os.fdopen(w, "wb") as out:
-                    assert isinstance(storage, StorageStreamer)
-                    storage.send_stream(ctx, out)
-            except BaseException as e:
-                errs.append(e)
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        with os.fdopen(r, "rb") as inp:
+        assert isinstance(storage, StorageStreamer)
+        with _piped(ctx, "send", lambda f: storage.send_stream(ctx, f), worker_writes=True) as inp:
             yield inp
-        t.join()
-        if errs:
-            raise StorageError(f"instance {ctx.name!r}: storage send failed: {errs[0]}") from errs[0]
         return
     src = _source_dir(ctx, fmt)
     p = subprocess.Popen([*TAR_CREATE, "-C", str(src), "."], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -146,26 +156,9 @@ def _wipe(d: Path) -> None:
 def receiver(storage: StorageBackend, ctx: InstanceContext, fmt: str) -> Iterator[IO[bytes]]:
     """A writable stream that replaces the provisioned instance's file system with what is written."""
     if fmt.startswith("native:"):
-        r, w = os.pipe()
-        import threading
-
-        errs: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with os.fdopen(r, "rb") as inp:
-                    assert isinstance(storage, StorageStreamer)
-                    storage.receive_stream(ctx, inp)
-            except BaseException as e:
-                errs.append(e)
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        with os.fdopen(w, "wb") as out:
+        assert isinstance(storage, StorageStreamer)
+        with _piped(ctx, "receive", lambda f: storage.receive_stream(ctx, f), worker_writes=False) as out:
             yield out
-        t.join()
-        if errs:
-            raise StorageError(f"instance {ctx.name!r}: storage receive failed: {errs[0]}") from errs[0]
         return
     remount = False
     if fmt == "overlay-upper":
