@@ -226,3 +226,19 @@ def test_name_clash(sk) -> None:  # type: ignore[no-untyped-def]
 def test_debug_shows_traceback(sk) -> None:  # type: ignore[no-untyped-def]
     r = sk("--debug", "start", "ghost", check=False)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_requests_survive_the_supervisor_idling_out(root_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that lands in the backlog just as the supervisor idles out is reset by the
+    kernel, unread: the client must send it again to the next supervisor, not fail."""
+    from stockade.supervisor_client import request
+
+    monkeypatch.setenv("STOCKADE_SUPERVISOR_IDLE", "0.02")  # inherited by each supervisor spawned
+    run_dir = str(root_dir / "run")
+    started = set()
+    for i in range(40):
+        reply = request(str(root_dir), run_dir, {"op": "ping"})
+        assert reply["ok"]
+        started.add(reply.get("pid"))
+        time.sleep(0.04 + (i % 8) * 0.005)  # sweep across the moment it decides to exit
+    assert len(started) > 1, "the supervisor never idled out: the test did not reach the race"

@@ -47,6 +47,40 @@ def test_isolation_visible_from_inside(host: Host) -> None:
         inst.delete(force=True)
 
 
+def _cgroup_lines(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return {line.split(":", 2)[1]: line.split(":", 2)[2].strip() for line in f}
+
+
+@pytest.mark.parametrize("how", ["born", "moved"])
+def test_every_process_is_in_every_group(host: Host, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """PID 1 and an exec'd process are in each of the instance's cgroups, v1 and v2 alike,
+    whether cloned straight into the v2 group (clone3) or forked and moved in."""
+    if how == "moved":
+        from stockade_linux_ns import spawn
+
+        monkeypatch.setattr(spawn, "_single_threaded", lambda: False)  # takes the fork path
+    inst = host.create({"name": f"cg-{how}", "process": {"args": ["sleep", "30"]}})
+    inst.start()
+    ex = None
+    try:
+        groups = inst.context().data["quota"]["groups"]
+        assert groups
+        ex = inst.spawn(["sleep", "30"])
+        for pid in (inst.pid, ex.pid):
+            assert pid is not None
+            lines = _cgroup_lines(pid)
+            for g in groups:
+                key = "" if g["version"] == 2 else ",".join(sorted(g["controllers"]))
+                have = next((v for k, v in lines.items() if ",".join(sorted(k.split(","))) == key), None)
+                assert have is not None and g["path"].endswith(have), (pid, g, lines)
+    finally:
+        if ex is not None:
+            os.kill(ex.pid, signal.SIGKILL)
+            os.waitpid(ex.pid, 0)  # ours to reap: a zombie would keep the groups busy
+        inst.delete(force=True)
+
+
 def test_stop_escalates_to_sigkill(host: Host) -> None:
     # PID 1 ignores SIGTERM without a handler: stop must fall back to SIGKILL
     inst = host.create({"name": "stubborn", "process": {"args": ["sleep", "60"]}, "stop_timeout": 0.3})

@@ -40,6 +40,7 @@ from .interfaces import (
     Freezer,
     InstanceContext,
     IsolationBackend,
+    Join,
     Kind,
     QuotaBackend,
     QuotaStats,
@@ -348,7 +349,7 @@ class Host:
                 self.store.save(st)
                 _fault("quota")
                 undo.append(lambda: iso.destroy(ctx))
-                spawned = iso.create(ctx, stdio or Stdio(), lambda pid: quota.attach(ctx, pid))
+                spawned = iso.create(ctx, stdio or Stdio(), _join(quota, ctx))
                 st.pid, st.pid_start = spawned.pid, proc_start_time(spawned.pid)
                 st.status = "created"
                 _fault("isolation")
@@ -570,7 +571,7 @@ class Instance:
         iso.destroy(ctx)
         if ctx.rootfs is None:
             ctx.rootfs = storage.mount(ctx)
-        spawned = iso.create(ctx, stdio or Stdio(), lambda pid: quota.attach(ctx, pid))
+        spawned = iso.create(ctx, stdio or Stdio(), _join(quota, ctx))
         st.pid, st.pid_start, st.owner = spawned.pid, proc_start_time(spawned.pid), f"api:{os.getpid()}"
         st.status = "created"
         self.pty_master = spawned.pty_master
@@ -722,7 +723,7 @@ class Instance:
             ctx,
             self._process(args, env, cwd, user, stdio.terminal),
             stdio,
-            lambda pid: quota.attach(ctx, pid),
+            _join(quota, ctx),
         )
 
     def exec(
@@ -914,3 +915,13 @@ def _wait_gone(pid: int, start: int | None, deadline: float | None) -> None:
         _poll_pid(pid, left)
         if pid_alive(pid, start):
             time.sleep(0.005)  # pidfd signals at exit; a zombie may linger until reaped
+
+
+def _join(quota: QuotaBackend, ctx: InstanceContext) -> Join:
+    """The join for one new process of ``ctx``; a quota backend without birth_cgroup
+    (the optional QuotaBase method) only attaches."""
+    birth = getattr(quota, "birth_cgroup", None)
+    where = birth(ctx) if birth is not None else None
+    if where is None:
+        return Join(lambda pid: quota.attach(ctx, pid))
+    return Join(lambda pid: quota.attach(ctx, pid), where, lambda pid: quota.attach_born(ctx, pid))  # type: ignore[attr-defined]

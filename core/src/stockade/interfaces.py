@@ -104,11 +104,28 @@ class Snapshot:
 
 # The quota backend's attach: moves a process, named by its pid in the caller's pid
 # namespace, into the instance's cgroups. The isolation backend runs it either in the new
-# process itself (with its own pid) or in the calling process (with the new process's
-# host pid, overlapping the join with the new process's setup). Either way it completes
-# before the new process unshares its cgroup namespace (so the instance's own cgroup is
-# its cgroup root "/") and before any of the instance's code runs.
+# process itself (with its own pid, as seen from itself: a single-threaded fresh fork, so
+# the quota backend may move just the calling thread, which is cheaper) or in the calling
+# process (with the new process's host pid). Either way it completes before the new
+# process unshares its cgroup namespace (so the instance's own cgroup is its cgroup root
+# "/") and before any of the instance's code runs.
 JoinFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Join:
+    """The JoinFn the Host hands to isolation backends, with what a quota backend offers
+    beyond moving a process: ``birth_cgroup``, a cgroup v2 directory a new process can be
+    cloned straight into (clone3 CLONE_INTO_CGROUP: no migration, none of its RCU wait).
+    A process born there calls ``after_birth(its own pid)`` instead of the join, for the
+    rest (v1 hierarchies). Isolation backends that cannot clone just call it."""
+
+    attach: Callable[[int], None]
+    birth_cgroup: str | None = None
+    after_birth: Callable[[int], None] | None = None
+
+    def __call__(self, pid: int) -> None:
+        self.attach(pid)
 
 
 @runtime_checkable
@@ -273,6 +290,14 @@ class StorageBase(BackendBase):
 
 class QuotaBase(BackendBase):
     kind: ClassVar[Kind] = "quota"
+
+    def birth_cgroup(self, ctx: InstanceContext) -> str | None:
+        """A cgroup v2 directory new processes may be born in (see Join); None: attach only."""
+        return None
+
+    def attach_born(self, ctx: InstanceContext, pid: int) -> None:
+        """Join what is left after a birth in ``birth_cgroup`` (``pid`` is the caller's own)."""
+        self.attach(ctx, pid)  # type: ignore[attr-defined]
 
     def update(self, ctx: InstanceContext, resources: Resources) -> None:
         raise self._unsupported("live updates of limits")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 MAX_FDS = 4
 _FD_SIZE = 4  # sizeof(int) in an SCM_RIGHTS message
+_RESET_RETRIES = 3
 # _socket, not socket: socket.py pulls in selectors, array and enum conversions (~4 ms on
 # the run path) for what is here one sendmsg and one recvmsg.
 
@@ -85,20 +86,53 @@ def raise_reply_error(reply: dict[str, Any]) -> None:
     raise e
 
 
+def exchange(
+    root: str, run_dir: str, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
+) -> tuple[Connection, dict[str, Any], list[int]]:
+    """Connect, send ``msg`` and return the open connection with the reply and its fds.
+
+    A supervisor that idles out closes its listening socket with connections still in the
+    backlog; the kernel resets those (ECONNRESET/EPIPE) before anything was read, so the
+    request provably never ran and is sent again, to the supervisor that takes its place.
+    An error reply is raised; EOF without a reply is an error (the request may have run).
+    """
+    for attempt in range(_RESET_RETRIES + 1):
+        conn = connect(root, run_dir)
+        try:
+            conn.send(msg, fds)
+            reply, got = conn.receive()
+        except (ConnectionResetError, BrokenPipeError):
+            conn.close()
+            if attempt == _RESET_RETRIES:
+                raise StockadeError(
+                    f"the stockade supervisor keeps resetting connections; see {_log(run_dir)}"
+                ) from None
+            continue
+        except BaseException:
+            conn.close()
+            raise
+        if reply is None or not reply.get("ok"):
+            conn.close()
+            for fd in got:
+                os.close(fd)
+            if reply is None:
+                raise StockadeError(f"the stockade supervisor closed the connection; see {_log(run_dir)}")
+            raise_reply_error(reply)
+        return conn, reply, got
+    raise AssertionError("unreachable")
+
+
 def request(root: str, run_dir: str, msg: dict[str, Any]) -> dict[str, Any]:
     """Send one request and return its reply; raise the error it carries."""
-    with connect(root, run_dir) as conn:
-        conn.send(msg)
-        reply, fds = conn.receive()
+    conn, reply, fds = exchange(root, run_dir, msg)
+    conn.close()
     for fd in fds:
         os.close(fd)
-    if reply is None:
-        raise StockadeError(
-            f"the stockade supervisor closed the connection; see {os.path.join(run_dir, 'supervisor.log')}"
-        )
-    if not reply.get("ok"):
-        raise_reply_error(reply)
     return reply
+
+
+def _log(run_dir: str) -> str:
+    return os.path.join(run_dir, "supervisor.log")
 
 
 def connect(root: str, run_dir: str) -> Connection:
@@ -169,6 +203,7 @@ def shutdown(run_dir: str) -> None:
     s = _try_connect(supervisor_socket(run_dir))
     if s is None:
         return
-    with Connection(s) as conn:
+    with Connection(s) as conn, contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        # A reset means it was already idling out: the same outcome.
         conn.send({"op": "shutdown"})
         conn.receive()

@@ -3,26 +3,23 @@
 Process layout (the caller is a child subreaper, so the instance's processes end up
 as its children and it can ``waitpid`` them for their exit status)::
 
-    no user namespace:  caller: unshare(pid), fork PID 1, setns(pid) back
-    user namespace:     caller ──fork──▶ launcher: unshare(user), id maps, unshare(pid)
-                        ──fork──▶ PID 1 ; the launcher exits, PID 1 is reparented to us
+    no user namespace:  caller: unshare(pid), fork PID 1, setns(pid) back;
+                        PID 1 joins the cgroups itself
+    user namespace:     caller ──fork──▶ launcher: join the cgroups, unshare(user), id maps,
+                        unshare(pid) ──fork──▶ PID 1 (born in the cgroups); the launcher
+                        exits, PID 1 is reparented to us
 
-    caller: join(PID 1's host pid) ┐ at the same time ┌ PID 1: unshare(mnt/uts/ipc/net),
-                                   │                  │ mounts, pivot_root, ...
-                                   └──── "1" ────────▶ PID 1: unshare(cgroup), "ready"
-
-Joining cgroups is done by the caller, overlapped with PID 1's setup: the first write
-of a pid to a cgroup v1 ``cgroup.procs`` (or any v2 one) takes cgroup_threadgroup_rwsem
-for writing, which waits for an RCU grace period (6-16 ms measured here, more than the
-whole mount setup). PID 1 unshares its cgroup namespace only once the join is done, so
-its cgroup root is the instance's own group; nothing of the instance runs before that
-(the command is exec'd after ``start``). For ``exec`` the launcher joins itself first:
-there is no setup to overlap with.
+The process that joins is always a fresh single-threaded fork joining itself, before it
+drops any privilege: the quota backend can then move just the calling thread (a cgroup v1
+``tasks`` write of "0"), which skips the RCU grace period that moving a thread group by
+pid waits for (~16 ms, more than the whole rest of the setup). PID 1 unshares its cgroup
+namespace after the join, so its cgroup root is the instance's own group; nothing of the
+instance runs before that (the command is exec'd after ``start``). ``exec`` joins the
+same way, in its launcher.
 
 Every child talks to the caller over one CLOEXEC pipe, one line per message
 (``userns``, ``netns``, ``pid N``, ``ready``, ``error <one line>``), and waits on a
-second pipe where the caller must act first (id maps, the join, attaching a network,
-in that order).
+second pipe where the caller must act first (id maps, attaching a network).
 Nothing here imports more than the standard library's cheap modules.
 """
 
@@ -37,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from stockade.interfaces import JoinFn, Stdio
+from stockade.interfaces import Join, JoinFn, Stdio
 from stockade.spec import DEFAULT_ENV, Process, UserNamespace
 
 from . import caps, rootfs, seccomp, syscalls
@@ -325,12 +322,13 @@ def launch_instance(
     pid1: int | None = None
     try:
         if plan.userns is None:
-            pid1 = _fork_pid1(plan.ns_flags & syscalls.CLONE_NEWPID, status_w, in_child(pid1_body))
+            newpid = plan.ns_flags & syscalls.CLONE_NEWPID
+            pid1 = _fork_joined(join, newpid, status_w, in_child(pid1_body))
         else:
-            launcher = os.fork()
-            if launcher == 0:
-                body = in_child(lambda: _launch_userns(plan, status_w, sync_r, pid1_body))
-                _run_child(status_w, body)
+            # The launcher joins, as host root (the cgroup files are not ours once in the
+            # new user namespace); PID 1 is born in its groups.
+            body = in_child(lambda: _launch_userns(plan, status_w, sync_r, pid1_body))
+            launcher = _fork_joined(join, 0, status_w, body)
     except BaseException:
         for fd in (status_r, status_w, sync_r, sync_w):
             os.close(fd)
@@ -344,10 +342,7 @@ def launch_instance(
     if sock_c is not None:
         sock_c.close()
     ready = False
-    join_failed: BaseException | None = None
     try:
-        if pid1 is not None:
-            join_failed = _join(join, pid1, sync_w)
         for msg in _messages(status_r):
             if msg == "userns":
                 assert plan.userns is not None and launcher is not None
@@ -355,7 +350,6 @@ def launch_instance(
                 os.write(sync_w, b"1")
             elif msg.startswith("pid "):
                 pid1 = int(msg[4:])
-                join_failed = _join(join, pid1, sync_w)
             elif msg == "netns":
                 assert attach is not None and pid1 is not None
                 attach(f"/proc/{pid1}/ns/net")
@@ -372,11 +366,7 @@ def launch_instance(
             if ready and pid1 is not None:
                 break
         else:
-            if join_failed is not None:
-                raise join_failed
             raise SetupFailed("the instance's first process died during setup")
-        if join_failed is not None:
-            raise join_failed
         if launcher is not None:
             _reap(launcher)
         unreaped = None  # its pid may be reused from now on
@@ -393,23 +383,54 @@ def launch_instance(
             sock_p.close()
 
 
-def _join(join: JoinFn, pid1: int, sync_w: int) -> BaseException | None:
-    """Move PID 1 into the instance's cgroups while it sets up, then let it go on.
+def _fork_joined(join: JoinFn, newpid: int, status_w: int, body: Callable[[], None]) -> int:
+    """Fork a child (in a new pid namespace if ``newpid``) that joins the instance's quota
+    groups, then runs ``body`` and exits (an exception goes to ``status_w``).
 
-    A PID 1 whose setup already failed may be gone: then the join or the write fails too,
-    and what the caller must report is PID 1's own error (still in the status pipe), so the
-    failure is returned, not raised.
+    Where the quota backend offers a cgroup to be born in and we are single-threaded (see
+    syscalls.fork_into_cgroup), the child is cloned into it; otherwise it is forked and
+    moves itself in (join is then still its own first act, before it drops anything).
     """
+    born = isinstance(join, Join) and join.birth_cgroup is not None and join.after_birth is not None
+    if born and _single_threaded():
+        assert isinstance(join, Join) and join.birth_cgroup and join.after_birth
+        pid = _clone_into(join.birth_cgroup, newpid)
+        if pid == 0:
+            _run_child(status_w, _then(join.after_birth, body))
+        if pid is not None:
+            return pid
+    return _fork(newpid, status_w, _then(join, body))
+
+
+def _then(join: JoinFn, body: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        join(os.getpid())
+        body()
+
+    return run
+
+
+def _single_threaded() -> bool:
+    return len(os.listdir("/proc/self/task")) == 1
+
+
+def _clone_into(cgroup_dir: str, newpid: int) -> int | None:
+    """0 in the child, its pid in the parent; None where the kernel refuses (no clone3,
+    a cgroup that takes no processes, ...): the caller forks the ordinary way then."""
     try:
-        join(pid1)
-        os.write(sync_w, b"1")
-    except Exception as e:  # EPIPE, ESRCH: PID 1 is gone
-        return e
-    return None
+        fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return syscalls.fork_into_cgroup(fd, newpid)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def _fork_pid1(newpid: int, status_w: int, body: Callable[[], None]) -> int:
-    """Fork PID 1 straight from the caller, in a new pid namespace if ``newpid``.
+def _fork(newpid: int, status_w: int, body: Callable[[], None]) -> int:
+    """Fork a child straight from the caller, in a new pid namespace if ``newpid``.
 
     Without a user namespace nothing has to happen between unsharing and forking, so no
     launcher process is needed: unshare(CLONE_NEWPID) changes only the namespace this
@@ -460,7 +481,12 @@ def _launch_userns(plan: InstancePlan, status_w: int, sync_r: int, pid1_body: Ca
 
 
 def _pid1(  # noqa: PLR0917
-    plan: InstancePlan, status_w: int, sync_r: int, fifo_fd: int, sock: Any, keep: list[int]
+    plan: InstancePlan,
+    status_w: int,
+    sync_r: int,
+    fifo_fd: int,
+    sock: Any,
+    keep: list[int],
 ) -> None:
     # Until execve the instance's PID 1 is this runtime (host binary, full capabilities):
     # not dumpable, so nothing in the instance can open its /proc/<pid>/{mem,exe,fd}.
@@ -468,7 +494,7 @@ def _pid1(  # noqa: PLR0917
     if not plan.proc.terminal:
         _dup_stdio(plan.proc.stdio)
     _keep_only_fds(keep)
-    # pid and user namespaces are the forker's; cgroup waits for the join (below).
+    # pid and user namespaces are the forker's; cgroup comes last (below).
     syscalls.unshare(plan.ns_flags & ~(syscalls.CLONE_NEWPID | syscalls.CLONE_NEWCGROUP))
     if plan.loopback_up:
         loopback_up()
@@ -479,9 +505,6 @@ def _pid1(  # noqa: PLR0917
     syscalls.keyctl_join_session_keyring(None)
     path = resolve_command(plan.proc.process)
     _check_cwd(plan.proc.process, create=True)
-    # Nothing above depends on our cgroups or cgroup namespace (no cgroup file system is
-    # mounted inside): the caller has been moving us into the instance's groups meanwhile.
-    _wait_sync(sync_r)
     if plan.ns_flags & syscalls.CLONE_NEWCGROUP:
         syscalls.unshare(syscalls.CLONE_NEWCGROUP)
     if plan.attach_network:
@@ -542,10 +565,12 @@ def launch_exec(ns: list[tuple[str, int, int]], plan: ProcPlan, join: JoinFn) ->
     _preload(plan.terminal)
     sock_p, sock_c = _socketpair() if plan.terminal else (None, None)
     syscalls.set_child_subreaper()
-    launcher = os.fork()
-    if launcher == 0:
+
+    def body() -> None:
         os.close(status_r)
-        _run_child(status_w, lambda: _exec_launch(ns, plan, join, status_w, sock_c))
+        _exec_launch(ns, plan, status_w, sock_c)
+
+    launcher = _fork_joined(join, 0, status_w, body)
     unreaped: int | None = launcher
     os.close(status_w)
     if sock_c is not None:
@@ -577,16 +602,13 @@ def launch_exec(ns: list[tuple[str, int, int]], plan: ProcPlan, join: JoinFn) ->
             sock_p.close()
 
 
-def _exec_launch(
-    ns: list[tuple[str, int, int]], plan: ProcPlan, join: JoinFn, status_w: int, sock: Any
-) -> None:
+def _exec_launch(ns: list[tuple[str, int, int]], plan: ProcPlan, status_w: int, sock: Any) -> None:
     # The runtime is about to enter the instance with full capabilities: make it
     # non-dumpable first, so the instance cannot reach its memory, exe or fds through
     # /proc (CVE-2019-5736 class). execve of the user's command resets this.
     syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
     if not plan.terminal:
         _dup_stdio(plan.stdio)
-    join(os.getpid())
     _keep_only_fds([status_w] + [fd for _, fd, _ in ns] + ([sock.fileno()] if sock is not None else []))
     for name, fd, nstype in ns:
         syscalls.setns(fd, nstype, f"{name} namespace")

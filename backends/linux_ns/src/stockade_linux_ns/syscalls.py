@@ -34,6 +34,8 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SECCOMP_MODE_FILTER = 2
 
+CLONE_INTO_CGROUP = 0x200000000
+
 KEYCTL_JOIN_SESSION_KEYRING = 1
 CLOSE_RANGE_CLOEXEC = 1 << 2
 
@@ -41,8 +43,8 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # Calls glibc has no wrapper for, by machine.
 _SYSCALL_NR = {
-    "x86_64": {"pivot_root": 155, "keyctl": 250},
-    "aarch64": {"pivot_root": 41, "keyctl": 219},
+    "x86_64": {"pivot_root": 155, "keyctl": 250, "clone3": 435},
+    "aarch64": {"pivot_root": 41, "keyctl": 219, "clone3": 435},
 }
 
 
@@ -147,3 +149,54 @@ def seccomp_load_bpf(program: bytes) -> None:
 def set_child_subreaper() -> None:
     """Orphaned descendants (an instance's PID 1 once its launcher exits) reparent to us."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "flags",
+            "pidfd",
+            "child_tid",
+            "parent_tid",
+            "exit_signal",
+            "stack",
+            "stack_size",
+            "tls",
+            "set_tid",
+            "set_tid_size",
+            "cgroup",
+        )
+    ]
+
+
+def fork_into_cgroup(cgroup_fd: int, flags: int = 0) -> int:
+    """``os.fork`` by clone3(CLONE_INTO_CGROUP): the child is born in that cgroup v2
+    directory (plus ``flags``, e.g. CLONE_NEWPID). Returns 0 in the child, its pid in the
+    parent; raises OSError (nothing forked) where the kernel refuses.
+
+    Only for a single-threaded caller: unlike glibc's fork() this runs no atfork handlers
+    and takes no malloc locks, so a lock held by another thread would stay held in the
+    child. The interpreter's own fork hooks run as for ``os.fork``: the call is made with
+    the GIL held (PyDLL) between PyOS_BeforeFork and PyOS_AfterFork_*, as posixmodule.c
+    does around fork().
+    """
+    args = _CloneArgs(flags=flags | CLONE_INTO_CGROUP, exit_signal=17, cgroup=cgroup_fd)  # SIGCHLD
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _libc_with_gil().syscall(
+        ctypes.c_long(_nr("clone3")), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
+    )
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3(CLONE_INTO_CGROUP): {os.strerror(err)}")
+    return int(pid)
+
+
+@cache
+def _libc_with_gil() -> ctypes.PyDLL:
+    return ctypes.PyDLL(None, use_errno=True)

@@ -61,7 +61,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def _run_attached(ns: argparse.Namespace, name: str) -> int:
-    from ..supervisor_client import connect, raise_reply_error
+    from ..supervisor_client import exchange
 
     spec = spec_dict(ns, name)
     root, run_dir = _where(ns)
@@ -73,18 +73,14 @@ def _run_attached(ns: argparse.Namespace, name: str) -> int:
     else:
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         fds = [null, 1, 2]
-    conn = connect(root, run_dir)
     try:
-        conn.send({"op": "run", "spec": spec, "terminal": bool(ns.tty), "rm": bool(ns.rm)}, fds)
+        conn, reply, got = exchange(
+            root, run_dir, {"op": "run", "spec": spec, "terminal": bool(ns.tty), "rm": bool(ns.rm)}, fds
+        )
+    finally:
         if null is not None:
             os.close(null)
-        reply, got = conn.receive()
-        if reply is None:
-            raise StockadeError(
-                f"the stockade supervisor closed the connection; see {run_dir}/supervisor.log"
-            )
-        if not reply.get("ok"):
-            raise_reply_error(reply)
+    try:
 
         def forward(signum: int, _frame: object) -> None:
             from ..supervisor_client import request
