@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -136,17 +137,15 @@ def test_detached_exit_recorded_without_anyone_waiting(sk) -> None:  # type: ign
     assert sk("wait", "quick").stdout.strip() == "17"
 
 
-def test_exec_with_terminal(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def _on_a_terminal(root_dir: Path, *args: str) -> tuple[bytes, int]:
+    """Run the CLI on a real terminal, as a person would, type one line into the shell it
+    opens; return what the terminal showed and the exit status."""
     import pty
     import select
 
-    sk("run", "-d", "--name", "term", "--", "sleep", "60")
     pid, fd = pty.fork()
-    if pid == 0:  # the CLI on a real terminal, as a person would run it
-        os.execv(
-            sys.executable,
-            [sys.executable, "-m", "stockade", "--root", str(root_dir), "exec", "-t", "term", "--", "sh"],
-        )
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-m", "stockade", "--root", str(root_dir), *args])
     out = b""
     sent = False
     try:
@@ -169,9 +168,71 @@ def test_exec_with_terminal(sk, root_dir: Path) -> None:  # type: ignore[no-unty
     finally:
         _, ws = os.waitpid(pid, 0)
         os.close(fd)
+    return out, os.waitstatus_to_exitcode(ws)
+
+
+def test_exec_with_terminal(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    sk("run", "-d", "--name", "term", "--", "sleep", "60")
+    out, code = _on_a_terminal(root_dir, "exec", "-t", "term", "--", "sh")
     assert b"marker-42" in out, out
     assert b"/dev/pts/" in out  # a terminal from the instance's own devpts
-    assert os.waitstatus_to_exitcode(ws) == 4
+    assert code == 4
+
+
+def test_run_with_terminal(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    out, code = _on_a_terminal(root_dir, "run", "--rm", "-t", "--", "sh")
+    assert b"marker-42" in out and b"/dev/pts/" in out, out
+    assert code == 4
+
+
+def test_signals_reach_the_instance(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """What the attached CLI gets (SIGTERM, SIGINT, ...) it passes on to the instance."""
+    script = 'trap "echo got-term; exit 5" TERM; echo up; while :; do sleep 0.1; done'
+    p = subprocess.Popen(
+        [sys.executable, "-m", "stockade", "--root", str(root_dir), "run", "--rm", "--", "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"up\n"
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+    finally:
+        p.kill()
+    assert p.returncode == 5, err
+    assert out == b"got-term\n"
+
+
+def test_forwarded_command_line(sk, root_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """run/create/start are parsed by the supervisor: what depends on the client (its cwd,
+    its stdio, even a closed one) must still be the client's."""
+    (tmp_path / "s.toml").write_text('hostname = "from-spec"\n')
+    r = sk("run", "--rm", "--spec", "s.toml", "--", "hostname", cwd=tmp_path)
+    assert r.stdout == "from-spec\n"
+    r = sk("run", "--rm", "-i", "--", "sh", "-c", "cat; exit 3", input="piped in\n", check=False)
+    assert (r.returncode, r.stdout) == (3, "piped in\n")
+    r = sk("run", "--rm", "--", "sh", "-c", "cat; echo done", input="not for it\n")
+    assert r.stdout == "done\n"  # without -i the instance's stdin is /dev/null
+    closed = subprocess.run(
+        f"{sys.executable} -m stockade --root {root_dir} run --rm -- echo fine <&- 2>&-",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (closed.returncode, closed.stdout) == (0, "fine\n")
+    env = {**os.environ, "STOCKADE_ROOT": str(root_dir)}  # --root's default, client side too
+    subprocess.run(
+        [sys.executable, "-m", "stockade", "run", "-d", "--name", "by-env", "--", "sleep", "30"],
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    assert "by-env" in sk("list", "-q").stdout.split()
+    r = sk("run", "--rm", "--no-such-flag", "--", "true", check=False)
+    assert r.returncode == 2 and "unrecognized arguments: --no-such-flag" in r.stderr
+    assert r.stderr.startswith("usage: stockade")
+    assert sk("run", "--help").stdout.startswith("usage: stockade")
 
 
 def test_backends_table(sk) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,5 @@
 """`python -m stockade` is the `stockade` command."""
 
-from stockade.cli.main import main
+from stockade.cli.entry import main
 
 main()

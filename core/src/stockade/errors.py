@@ -8,7 +8,10 @@ the native error chained with ``raise ... from`` for ``--debug``.
 from __future__ import annotations
 
 import errno as _errno
-from collections.abc import Iterable
+
+TYPE_CHECKING = False  # the thin CLI imports this module: no typing, no collections
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class StockadeError(Exception):

@@ -199,6 +199,10 @@ class Supervisor:
         op = msg.get("op")
         if op == "run":
             return self._run(msg, fds)
+        if op == "cli":
+            from .cli.served import serve
+
+            return serve(self, msg, fds)
         for fd in fds:  # only `run` takes descriptors
             os.close(fd)
         if op == "ping":

@@ -8,13 +8,12 @@ file descriptors (SCM_RIGHTS); a reply is one JSON line, optionally with descrip
 from __future__ import annotations
 
 import _socket
-import contextlib
 import errno
-import json
 import os
 import sys
 
 from . import errors as _errors
+from . import wire
 from .errors import StockadeError
 from .paths import supervisor_socket
 
@@ -46,7 +45,7 @@ class Connection:
         self.close()
 
     def send(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
-        data = json.dumps(msg).encode() + b"\n"
+        data = wire.dumps(msg).encode() + b"\n"
         if fds:
             rights = b"".join(fd.to_bytes(_FD_SIZE, sys.byteorder) for fd in fds)
             sent = self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
@@ -72,7 +71,7 @@ class Connection:
                 return None, fds
             self._buf += data
         line, _, self._buf = self._buf.partition(b"\n")
-        return json.loads(line), fds
+        return wire.loads(line), fds
 
 
 def raise_reply_error(reply: dict[str, Any]) -> None:
@@ -152,8 +151,10 @@ def connect(root: str, run_dir: str) -> Connection:
         s = _try_connect(path)
         if s:
             return Connection(s)
-        with contextlib.suppress(FileNotFoundError):
+        try:  # noqa: SIM105 (no contextlib on the run path)
             os.unlink(path)
+        except FileNotFoundError:
+            pass
         log = os.open(
             os.path.join(run_dir, "supervisor.log"),
             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
@@ -203,7 +204,9 @@ def shutdown(run_dir: str) -> None:
     s = _try_connect(supervisor_socket(run_dir))
     if s is None:
         return
-    with Connection(s) as conn, contextlib.suppress(ConnectionResetError, BrokenPipeError):
-        # A reset means it was already idling out: the same outcome.
-        conn.send({"op": "shutdown"})
-        conn.receive()
+    with Connection(s) as conn:
+        try:
+            conn.send({"op": "shutdown"})
+            conn.receive()
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # it was idling out already: the same outcome

@@ -194,36 +194,29 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv, None
 
 
-def _command_word(flags: list[str]) -> str | None:
-    """The subcommand named in ``flags`` (None if there is none or help is asked for)."""
-    skip = False
-    for arg in flags:
-        if skip:
-            skip = False
-        elif len(arg) >= 3 and "--root".startswith(arg):  # argparse takes "--ro" too
-            skip = True
-        elif arg in ("-h", "--help"):
-            return None
-        elif not arg.startswith("-"):
-            return arg
-    return None
+def parse(args_in: list[str]) -> argparse.Namespace:
+    """The command line as a namespace; argparse exits (SystemExit) on a usage error."""
+    from .entry import command_word
+
+    flags, command = _split_command(args_in)
+    only_run = command_word(flags) == "run"
+    ns = build_parser(remainder=command is None, only_run=only_run).parse_args(flags)
+    if command is None and getattr(ns, "cmd", None) and ns.cmd[0].startswith("-"):
+        # `create NAME --spec F`: options after a positional are stockade's, not a
+        # command's; a command with options of its own then needs `--`
+        ns = build_parser(remainder=False, only_run=only_run).parse_args(flags)
+    if command is not None:
+        if not hasattr(ns, "cmd"):
+            raise StockadeError(f"{ns.command!r} takes no command after '--'")
+        ns.cmd = command
+    return ns
 
 
 def main(argv: list[str] | None = None) -> None:
     args_in = sys.argv[1:] if argv is None else argv
-    flags, command = _split_command(args_in)
-    debug = "--debug" in flags
-    only_run = _command_word(flags) == "run"
+    debug = "--debug" in _split_command(args_in)[0]
     try:
-        ns = build_parser(remainder=command is None, only_run=only_run).parse_args(flags)
-        if command is None and getattr(ns, "cmd", None) and ns.cmd[0].startswith("-"):
-            # `create NAME --spec F`: options after a positional are stockade's, not a
-            # command's; a command with options of its own then needs `--`
-            ns = build_parser(remainder=False, only_run=only_run).parse_args(flags)
-        if command is not None:
-            if not hasattr(ns, "cmd"):
-                raise StockadeError(f"{ns.command!r} takes no command after '--'")
-            ns.cmd = command
+        ns = parse(args_in)
         from .thin import HANDLERS as THIN
 
         if ns.command in THIN:
@@ -251,8 +244,6 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_INTERNAL
     if argv is not None:
         sys.exit(code)
-    # A real command line: skip interpreter teardown (a few ms on the run path); nothing
-    # registered with atexit needs to run.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    from .entry import exit_now
+
+    exit_now(code)

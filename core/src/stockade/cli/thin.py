@@ -9,9 +9,7 @@ instances in this process instead.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 
 from ..errors import SpecError, StockadeError
 from ..paths import root_of, run_dir_of
@@ -20,8 +18,6 @@ from .specargs import spec_from_args
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def spec_dict(ns: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -47,11 +43,16 @@ def _where(ns: argparse.Namespace) -> tuple[str, str]:
     return root, run_dir_of(root)
 
 
+def run_name(ns: argparse.Namespace) -> str:
+    """The name of the instance ``run`` makes; refuses what ``run`` cannot do."""
+    if ns.detach and ns.rm:
+        raise StockadeError("--rm and -d together are not supported yet: delete it when done")
+    return str(ns.name or f"run-{os.urandom(4).hex()}")
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
-    name = ns.name or f"run-{os.urandom(4).hex()}"
+    name = run_name(ns)
     if ns.detach:
-        if ns.rm:
-            raise StockadeError("--rm and -d together are not supported yet: delete it when done")
         return _create(ns, name, start=True)
     if os.environ.get("STOCKADE_SUPERVISOR", "1") == "0":
         from .commands import run_in_process
@@ -60,59 +61,44 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return _run_attached(ns, name)
 
 
+def run_message(
+    ns: argparse.Namespace, name: str, stdio: tuple[int, int, int]
+) -> tuple[dict[str, Any], list[int], int | None]:
+    """The supervisor's ``run`` request for these flags and the fds that go with it, picked
+    from ``stdio`` (a terminal: none; ``-i``: all three; else /dev/null for stdin, which is
+    the third value returned, for the caller to close once sent)."""
+    msg = {"op": "run", "spec": spec_dict(ns, name), "terminal": bool(ns.tty), "rm": bool(ns.rm)}
+    if ns.tty:
+        return msg, [], None
+    if ns.interactive:
+        return msg, list(stdio), None
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return msg, [null, stdio[1], stdio[2]], null
+
+
+def create_message(ns: argparse.Namespace, name: str, start: bool) -> dict[str, Any]:
+    return {"op": "create", "spec": spec_dict(ns, name), "start": start}
+
+
 def _run_attached(ns: argparse.Namespace, name: str) -> int:
     from ..supervisor_client import exchange
+    from .forward import attend
 
-    spec = spec_dict(ns, name)
     root, run_dir = _where(ns)
-    null = None
-    if ns.tty:
-        fds: list[int] = []
-    elif ns.interactive:
-        fds = [0, 1, 2]
-    else:
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        fds = [null, 1, 2]
+    msg, fds, null = run_message(ns, name, (0, 1, 2))
     try:
-        conn, reply, got = exchange(
-            root, run_dir, {"op": "run", "spec": spec, "terminal": bool(ns.tty), "rm": bool(ns.rm)}, fds
-        )
+        conn, reply, got = exchange(root, run_dir, msg, fds)
     finally:
         if null is not None:
             os.close(null)
-    try:
-
-        def forward(signum: int, _frame: object) -> None:
-            from ..supervisor_client import request
-
-            with contextlib.suppress(StockadeError):  # it has just exited
-                request(root, run_dir, {"op": "kill", "name": reply["name"], "signal": signum})
-
-        for s in FORWARDED:
-            signal.signal(s, forward)
-        if got:
-            from .tty import proxy
-
-            proxy(got[0])
-            os.close(got[0])
-        while True:
-            try:
-                event, _ = conn.receive()
-                break
-            except InterruptedError:
-                continue
-        if event is None:
-            raise StockadeError("the stockade supervisor went away before the instance exited")
-        return int(event["exit_status"])
-    finally:
-        conn.close()
+    return attend(conn, reply, got, root, run_dir)
 
 
 def _create(ns: argparse.Namespace, name: str, start: bool) -> int:
     from ..supervisor_client import request
 
     root, run_dir = _where(ns)
-    reply = request(root, run_dir, {"op": "create", "spec": spec_dict(ns, name), "start": start})
+    reply = request(root, run_dir, create_message(ns, name, start))
     print(reply["name"])
     return 0
 
