@@ -85,6 +85,21 @@ def test_exit_status_and_rm(sk) -> None:  # type: ignore[no-untyped-def]
     assert r.returncode == 42 and r.stdout == "out\n" and r.stderr == "err\n"
 
 
+def test_rm_is_gone_when_run_returns(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor sends the exit status before its teardown ends; whoever looks right
+    after must still never find the instance (they wait for the teardown)."""
+    from stockade import Host, NotFound
+
+    host = Host(root_dir)
+    for i in range(8):
+        sk("run", "--rm", "--name", f"gone{i}", "--", "true")
+        with pytest.raises(NotFound):
+            host.get(f"gone{i}")
+        assert f"gone{i}" not in [inst.name for inst in host.instances()]
+    sk("run", "--rm", "--name", "again", "--", "true")
+    sk("run", "--rm", "--name", "again", "--", "true")  # the name is free at once
+
+
 def test_detached_lifecycle(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
     sk(
         "create",
@@ -229,6 +244,15 @@ def test_forwarded_command_line(sk, root_dir: Path, tmp_path: Path) -> None:  # 
         timeout=60,
     )
     assert "by-env" in sk("list", "-q").stdout.split()
+    from stockade.supervisor_client import request
+
+    def supervisor_pid() -> int:
+        return int(request(str(root_dir), str(root_dir / "run"), {"op": "ping"})["pid"])
+
+    before = supervisor_pid()
+    for bad in (["create", "by-env", "--", "true"], ["run", "--memory", "1K", "--", "true"]):
+        assert sk(*bad, check=False).returncode != 0
+    assert supervisor_pid() == before  # errors are replies, never the supervisor's end
     r = sk("run", "--rm", "--no-such-flag", "--", "true", check=False)
     assert r.returncode == 2 and "unrecognized arguments: --no-such-flag" in r.stderr
     assert r.stderr.startswith("usage: stockade")

@@ -363,7 +363,13 @@ class Host:
         return inst
 
     def get(self, name: str) -> Instance:
-        inst = Instance(self, self.store.load(name))
+        st = self.store.load(name)
+        if st.status == "deleting":
+            # Being deleted now (the supervisor removes a `run --rm` instance after its
+            # exit status went out) or interrupted: wait for the deleter, then look again.
+            with self.store.lock(name, shared=True):
+                st = self.store.load(name)
+        inst = Instance(self, st)
         inst.refresh()
         return inst
 
@@ -416,12 +422,17 @@ class Host:
                     removed.extend(self.backend(kind, reg.name).gc(known))
         return removed
 
-    def _teardown(self, st: InstanceState, ctx: InstanceContext) -> None:
-        """Release everything an instance holds; errors are collected, not swallowed."""
+    def _teardown(
+        self, st: InstanceState, ctx: InstanceContext, marked: Callable[[], None] | None = None
+    ) -> None:
+        """Release everything an instance holds; errors are collected, not swallowed.
+        ``marked`` runs once the state says "deleting" (under the caller's lock)."""
         iso, quota, storage = self._parts(st)
         if st.status != "deleting":
             st.status = "deleting"
             self.store.save(st)
+        if marked is not None:
+            marked()
         errors: list[BaseException] = []
         steps: list[Callable[[], None]] = [
             lambda: iso.destroy(ctx),
@@ -637,7 +648,9 @@ class Instance:
                 self.kill(signal.SIGKILL)
             return self.wait(timeout=30)
 
-    def delete(self, force: bool = False) -> None:
+    def delete(self, force: bool = False, *, marked: Callable[[], None] | None = None) -> None:
+        """Remove the instance and all it holds. ``marked``, if given, runs under the lock
+        once the state says "deleting": from then on ``Host.get`` waits for the end."""
         st = self.refresh()._st
         if st.status in LIVE:
             if not force:
@@ -655,7 +668,7 @@ class Instance:
         with self._locked() as st:
             if st.status in LIVE:
                 raise StateConflict(f"instance {self.name!r} is still {st.status}")
-            self.host._teardown(st, self.context())
+            self.host._teardown(st, self.context(), marked)
         self.host.plugins.hook.stockade_instance_deleted(name=self.name)
 
     def _freezer(self) -> tuple[Freezer, InstanceContext]:

@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,10 @@ class Supervisor:
                             os.read(rfd, 4096)
                     elif what == "accept":
                         conn, _ = srv.accept()
-                        self._handle(Connection(conn))
+                        try:
+                            self._handle(Connection(conn))
+                        except Exception:  # a bug in one request must not end the others
+                            traceback.print_exc()
                     else:  # a waiting `run` whose command went away: the instance carries on
                         self._drop_waiter_conn(obj)
         finally:
@@ -137,14 +141,21 @@ class Supervisor:
                 Instance(self.host, st)._record_exit(status)
 
     def _finish(self, waiter: Waiter, status: int) -> None:
+        def tell() -> None:
+            if waiter.conn is not None:
+                self.sel.unregister(waiter.conn.sock)
+                with contextlib.suppress(OSError):
+                    waiter.conn.send({"event": "exited", "exit_status": status})
+                waiter.conn.close()
+                waiter.conn = None
+
         if waiter.remove:
+            # The exit status goes out as soon as the state says "deleting" (the teardown,
+            # ~5 ms, then overlaps the client's own exit): anyone who looks at the instance
+            # from then on waits for the lock held until it is gone (Host.get).
             with contextlib.suppress(StockadeError):
-                self.host.get(waiter.name).delete(force=True)
-        if waiter.conn is not None:
-            self.sel.unregister(waiter.conn.sock)
-            with contextlib.suppress(OSError):
-                waiter.conn.send({"event": "exited", "exit_status": status})
-            waiter.conn.close()
+                self.host.get(waiter.name).delete(force=True, marked=tell)
+        tell()
 
     def _drop_waiter_conn(self, pid: int) -> None:
         w = self.waiters.get(pid)
@@ -168,8 +179,8 @@ class Supervisor:
             msg, fds = conn.receive()
             if msg is None:
                 return
-            reply, send_fds, keep_pid = self._dispatch(msg, fds)
-            fds = []  # _dispatch owns them now
+            owned, fds = fds, []  # _dispatch owns them from the call on, raise or not
+            reply, send_fds, keep_pid = self._dispatch(msg, owned)
             conn.send(reply, send_fds)
             for fd in send_fds:
                 os.close(fd)

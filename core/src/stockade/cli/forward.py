@@ -37,14 +37,13 @@ def forward(root: str, argv: list[str]) -> int:
 
     root = root_of(root or os.environ.get("STOCKADE_ROOT") or None)  # as --root's default
     run_dir = run_dir_of(root)
+    relay = SignalRelay(root, run_dir)
     stdio, opened = _stdio()
     try:
         conn, reply, got = exchange(root, run_dir, {"op": "cli", "argv": argv, "cwd": os.getcwd()}, stdio)
     except StockadeError as e:
         print(f"stockade: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        return 130
     finally:
         for fd in opened:
             os.close(fd)
@@ -56,28 +55,51 @@ def forward(root: str, argv: list[str]) -> int:
         _write(2, reply.get("stderr", ""))
         return int(reply["exit"])
     try:
-        return attend(conn, reply, got, root, run_dir)
+        return attend(conn, reply, got, relay)
     except StockadeError as e:
         print(f"stockade: error: {e}", file=sys.stderr)
         return e.exit_code
 
 
-def attend(conn: Connection, reply: dict[str, Any], got: list[int], root: str, run_dir: str) -> int:
-    """Stay with a started instance until it exits: forward signals to it, proxy its
-    terminal (``got``: the pty master, if any); return its exit status."""
-    from ..supervisor_client import request
+class SignalRelay:
+    """Passes the signals a user sends this process (^C, kill) on to the instance.
 
-    name = reply["name"]
+    Installed before the request goes out: the instance may run (and the user signal it)
+    before its name comes back; what arrives until then is held and sent once it does."""
 
-    def relay(signum: int, _frame: object) -> None:
+    def __init__(self, root: str, run_dir: str) -> None:
+        self.root, self.run_dir = root, run_dir
+        self.name: str | None = None
+        self.pending: list[int] = []
+        for s in FORWARDED_SIGNALS:
+            _signal.signal(s, self._received)
+
+    def aim(self, name: str) -> None:
+        self.name = name
+        held, self.pending = self.pending, []
+        for signum in held:
+            self._send(signum)
+
+    def _received(self, signum: int, _frame: object) -> None:
+        if self.name is None:
+            self.pending.append(signum)
+        else:
+            self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        from ..supervisor_client import request
+
         try:  # noqa: SIM105 (no contextlib on this path)
-            request(root, run_dir, {"op": "kill", "name": name, "signal": signum})
+            request(self.root, self.run_dir, {"op": "kill", "name": self.name, "signal": signum})
         except StockadeError:
             pass  # it has just exited
 
+
+def attend(conn: Connection, reply: dict[str, Any], got: list[int], relay: SignalRelay) -> int:
+    """Stay with a started instance until it exits: relay signals to it, proxy its
+    terminal (``got``: the pty master, if any); return its exit status."""
     try:
-        for s in FORWARDED_SIGNALS:
-            _signal.signal(s, relay)
+        relay.aim(reply["name"])
         if got:
             from .tty import proxy
 

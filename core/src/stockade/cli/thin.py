@@ -82,16 +82,17 @@ def create_message(ns: argparse.Namespace, name: str, start: bool) -> dict[str, 
 
 def _run_attached(ns: argparse.Namespace, name: str) -> int:
     from ..supervisor_client import exchange
-    from .forward import attend
+    from .forward import SignalRelay, attend
 
     root, run_dir = _where(ns)
     msg, fds, null = run_message(ns, name, (0, 1, 2))
+    relay = SignalRelay(root, run_dir)
     try:
         conn, reply, got = exchange(root, run_dir, msg, fds)
     finally:
         if null is not None:
             os.close(null)
-    return attend(conn, reply, got, root, run_dir)
+    return attend(conn, reply, got, relay)
 
 
 def _create(ns: argparse.Namespace, name: str, start: bool) -> int:
