@@ -7,6 +7,10 @@ and prints medians and ratios as a Markdown table. Usage (root):
 
 --api adds the warm-process Python API (Host.run) as a row.
 
+The `stockade run --rm` row is what a user sees while the root's supervisor is warm (any
+stockade command in the last STOCKADE_SUPERVISOR_IDLE seconds, 5 by default); the
+"(cold: no supervisor)" row stops it before each run, so it includes starting one.
+
 crun 1.8 refuses this machine's hybrid cgroup layout ("cgroups in hybrid mode not
 supported"), so it runs in a private mount namespace with the cgroup v2 mount hidden
 (then it uses the v1 controllers like runc and stockade); the cost of that wrapper alone is
@@ -48,6 +52,16 @@ def timed(cmd: list[str], **kw: object) -> float:
     return dt
 
 
+def cold(sroot: Path, stockade: list[str]) -> float:
+    from stockade.supervisor_client import shutdown
+
+    sock = sroot / "run" / "supervisor.sock"
+    shutdown(str(sroot / "run"))
+    while sock.exists():
+        time.sleep(0.01)
+    return timed([*stockade, "run", "--rm", "--", "true"])
+
+
 def oci_bundle(base: Path, rootfs: Path) -> Path:
     bundle = base / "bundle"
     bundle.mkdir()
@@ -79,6 +93,7 @@ def main() -> None:
         timed([*stockade, "run", "--rm", "--", "true"])  # imports the image once
         runners: dict[str, Callable[[int], float]] = {
             "stockade run --rm": lambda i: timed([*stockade, "run", "--rm", "--", "true"]),
+            "stockade run --rm (cold: no supervisor)": lambda i: cold(sroot, stockade),
             "runc run": lambda i: timed(
                 ["runc", "--root", str(base / "runc"), "run", "-b", str(bundle), f"b{i}"]
             ),

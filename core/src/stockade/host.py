@@ -324,9 +324,17 @@ class Host:
         return iso, quota, storage, st
 
     def create(
-        self, spec: InstanceSpec | Mapping[str, Any], *, stdio: Stdio | None = None, owner: str = "api"
+        self,
+        spec: InstanceSpec | Mapping[str, Any],
+        *,
+        stdio: Stdio | None = None,
+        owner: str = "api",
+        ephemeral: bool = False,
     ) -> Instance:
-        """Create an instance: storage, limits and isolation in place, its process waiting."""
+        """Create an instance: storage, limits and isolation in place, its process waiting.
+
+        ``ephemeral``: it is deleted when its process ends (``run --rm``), so its record
+        need not survive a power loss (no fsync); gc removes what such a loss leaves."""
         spec = self.make_spec(spec)
         b = spec.backends
         iso, quota, storage, st = self._plan(
@@ -353,7 +361,7 @@ class Host:
                 st.pid, st.pid_start = spawned.pid, proc_start_time(spawned.pid)
                 st.status = "created"
                 _fault("isolation")
-                self.store.save(st, durable=True)
+                self.store.save(st, durable=not ephemeral)
             except BaseException as e:
                 _unwind(undo, e)
                 raise
@@ -384,7 +392,7 @@ class Host:
         self, spec: InstanceSpec | Mapping[str, Any], *, stdio: Stdio | None = None, remove: bool = True
     ) -> int:
         """create + start + wait (+ delete): the exit status of the instance's process."""
-        inst = self.create(spec, stdio=stdio)
+        inst = self.create(spec, stdio=stdio, ephemeral=remove)
         try:
             inst.start()
             return inst.wait()

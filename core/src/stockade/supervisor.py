@@ -252,7 +252,7 @@ class Supervisor:
             else:
                 stdin, stdout, stderr = [*fds, None, None, None][:3]
                 stdio = Stdio(stdin=stdin, stdout=stdout, stderr=stderr)
-            inst = self.host.create(spec, stdio=stdio, owner="supervisor")
+            inst = self.host.create(spec, stdio=stdio, owner="supervisor", ephemeral=bool(msg.get("rm")))
         finally:
             for fd in fds:
                 os.close(fd)

@@ -7,6 +7,7 @@ and rich is imported only by the commands that draw tables.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -39,6 +40,7 @@ class _Formatter(argparse.HelpFormatter):
         )
 
 
+@functools.cache  # parse_args leaves a parser as it was: the supervisor builds each once
 def build_parser(remainder: bool = True, only_run: bool = False) -> argparse.ArgumentParser:
     """``remainder``: the instance command is whatever follows the positionals (no ``--`` given).
 
