@@ -21,31 +21,33 @@ def root_dir() -> Iterator[Path]:
     try:
         yield d
     finally:
+        left = _clean_root(d)
         from stockade.linux import umount_tree
-        from stockade.supervisor_client import shutdown
-
-        shutdown(str(d / "run"))
 
         umount_tree(str(d))
         shutil.rmtree(d, ignore_errors=True)
+    assert not left, f"test left host resources behind: {left}"
+
+
+def _clean_root(d: Path) -> list[str]:
+    """Delete what a test left in root ``d`` (a failed test too: its instances' processes
+    would outlive the directory), stop its supervisor; return what could not be removed."""
+    from stockade import Host
+    from stockade.supervisor_client import shutdown
+
+    h = Host(d)
+    for inst in h.instances():
+        try:
+            inst.delete(force=True)
+        except Exception as e:  # keep cleaning; the leak check reports it
+            print(f"cleanup of {inst.name} failed: {e}")
+    h.gc()
+    shutdown(str(h.run_dir))
+    return leftovers(d, h.tag)
 
 
 @pytest.fixture
 def host(root_dir: Path) -> Iterator[object]:
     from stockade import Host
 
-    h = Host(root_dir)
-    try:
-        yield h
-    finally:
-        for inst in h.instances():
-            try:
-                inst.delete(force=True)
-            except Exception as e:  # keep cleaning; the leak check below reports it
-                print(f"cleanup of {inst.name} failed: {e}")
-        h.gc()
-        from stockade.supervisor_client import shutdown
-
-        shutdown(str(h.run_dir))
-        left = leftovers(root_dir, h.tag)
-        assert not left, f"test left host resources behind: {left}"
+    yield Host(root_dir)

@@ -52,17 +52,7 @@ def postcopy_skip_reason() -> str:
 def start_counter(host: Any, name: str, tmp: Path, big: bool = False) -> Any:
     """A counter instance whose stdio are plain files (pytest's capture files are O_NOFOLLOW
     temporary files, which CRIU cannot re-open on restore)."""
-    from stockade.interfaces import Stdio
-
-    out = os.open(tmp / f"{name}.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    nul = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        inst = host.create(counter_spec(name, big), stdio=Stdio(nul, out, out))
-    finally:
-        os.close(out)
-        os.close(nul)
-    inst.start()
-    return inst
+    return start_instance(host, name, tmp, BIG_COUNTER if big else COUNTER)
 
 
 def read_counter(inst: Any) -> int:
@@ -166,3 +156,18 @@ def remote_target(second_root: Path) -> Iterator[Any]:
         for t in made:
             t.sock.close()
             t.close()
+
+
+def start_instance(host: Any, name: str, tmp: Path, args: list[str], **extra: Any) -> Any:
+    """An instance running ``args`` with plain-file stdio (see start_counter)."""
+    from stockade.interfaces import Stdio
+
+    out = os.open(tmp / f"{name}.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    nul = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        inst = host.create({"name": name, "process": {"args": args}, **extra}, stdio=Stdio(nul, out, out))
+    finally:
+        os.close(out)
+        os.close(nul)
+    inst.start()
+    return inst

@@ -8,6 +8,7 @@ scripts. Each request runs in a fresh criu child that exits after replying.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -182,9 +183,25 @@ def log_error(log: Path, limit: int = 3) -> str:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return "(no criu log)"
-    errs = [ln for ln in lines if "Error" in ln or "error" in ln.split(":", 1)[0]]
+    errs = [ln for ln in lines if ("Error" in ln or "error" in ln.split(":", 1)[0]) and not _harmless(ln)]
     pick = errs[-limit:] if errs else lines[-limit:]
     return " | ".join(re.sub(r"^\(\s*[\d.]+\)\s*", "", ln).strip() for ln in pick)
+
+
+def _harmless(line: str) -> bool:
+    # Logged as an error, not fatal: without CAP_SYS_RESOURCE (our root has none) criu goes
+    # on with the RLIMIT_NOFILE it has.
+    return "RLIMIT_NOFILE" in line
+
+
+def _first_error(log: Path) -> str:
+    """The first error of a failed dump: the cause (the later ones say that it failed)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no criu log)"
+    errs = [ln for ln in lines if "Error" in ln and not _harmless(ln)]
+    return re.sub(r"^\(\s*[\d.]+\)\s*", "", errs[0]).strip() if errs else log_error(log)
 
 
 def feature_check(binary: str | None = None) -> dict[str, bool]:
@@ -219,3 +236,122 @@ def postcopy_problem() -> str:
         f"fs.pipe-max-size ({max_size}) without CAP_SYS_RESOURCE; run "
         f"`sysctl -w fs.pipe-max-size={LAZY_PIPE_BYTES}` or give stockade CAP_SYS_RESOURCE"
     )
+
+
+# --- can this CRIU dump TCP sockets on this kernel? -------------------------------------------
+
+# The probe's child: a listening socket, and for "established" a connected pair, on the
+# loopback of a network namespace of its own (nothing ever leaves it); then it waits to be
+# dumped (criu kills it: no leave_running).
+_SOCKET_CHILD = """
+import os, socket, sys
+w, mode = int(sys.argv[1]), sys.argv[2]
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+keep = [srv]
+if mode == "established":
+    cli = socket.create_connection(srv.getsockname())
+    acc = srv.accept()[0]
+    cli.sendall(b"x")
+    keep += [cli, acc]
+os.write(w, b"1")
+os.close(w)
+os.read(0, 1)
+"""
+
+# Linux 6.16 (7d8d93fdde50) refuses getsockopt(SO_PASSCRED=16/SO_PASSSEC=34) on inet sockets;
+# CRIU < 4.2 reads both for every socket it dumps.
+_SO_PASS_ERRORS = ("Can't get 1:16 opt", "Can't get 1:34 opt")
+SOCKET_HINT = (
+    "Linux >= 6.16 refuses SO_PASSCRED/SO_PASSSEC on TCP/UDP sockets and CRIU < 4.2 asks for "
+    "them; use CRIU >= 4.2 or run scripts/setup-criu.sh (it builds 4.1.1 with that fix)"
+)
+
+_socket_checked: dict[tuple[str, str], str] = {}
+
+
+def socket_problem(kind: str = "established", binary: str | None = None) -> str:
+    """Why this CRIU cannot dump a TCP socket here ('' when it can), measured.
+
+    ``kind``: "listen" (a listening socket; needs no TCP repair) or "established" (a
+    connection, dumped with ``tcp_established``: TCP repair mode, queues, options). A
+    throwaway child holding such sockets in a network namespace of its own is dumped, and
+    criu's own error is the answer. Cached per binary for this process (~0.1 s each).
+    """
+    if kind not in ("listen", "established"):
+        raise ValueError(f"socket_problem: {kind!r} is not 'listen' or 'established'")
+    binary = binary or find()
+    if kind == "established":
+        first = socket_problem("listen", binary)
+        if first:
+            return first
+    key = (binary, kind)
+    if key not in _socket_checked:
+        _socket_checked[key] = _probe_socket_dump(binary, kind)
+    return _socket_checked[key]
+
+
+def _probe_socket_dump(binary: str, kind: str) -> str:
+    import sys
+    import tempfile
+
+    from .. import spawn, syscalls
+
+    images = Path(tempfile.mkdtemp(prefix="stockade-criu-probe-"))
+    r, w = os.pipe()
+    hold_r, hold_w = os.pipe()  # the child's stdin: it waits on it until criu kills it
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        try:
+            os.close(r)
+            os.close(hold_w)
+            os.dup2(hold_r, 0)
+            syscalls.unshare(syscalls.CLONE_NEWNET)
+            spawn.loopback_up()
+            os.setsid()
+            devnull = os.open("/dev/null", os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.set_inheritable(w, True)
+            os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _SOCKET_CHILD, str(w), kind])
+        finally:
+            os._exit(127)
+    os.close(w)
+    os.close(hold_r)
+    try:
+        ready = os.read(r, 1) == b"1"
+        if not ready:
+            return f"TCP sockets: the probe could not make its {kind} sockets (not a CRIU problem)"
+        netns = os.stat(f"/proc/{pid}/ns/net").st_ino
+        fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            opts: dict[str, Any] = {
+                "images_dir_fd": fd,
+                "pid": pid,
+                "log_level": 2,
+                "log_file": "dump.log",
+                "shell_job": 1,
+                "tcp_established": int(kind == "established"),
+                "network_lock": pb.NETLOCK_SKIP,  # nothing moves: the peer is in the dump
+                "external": [f"net[{netns}]:probe"],
+            }
+            with Swrk(binary, pass_fds=[fd]) as s:
+                resp = s.call(pb.DUMP, opts)
+        finally:
+            os.close(fd)
+        if resp.get("success"):
+            return ""
+        err = _first_error(images / "dump.log")
+        what = "listening" if kind == "listen" else "connected"
+        why = f"TCP sockets: {binary} cannot dump a {what} one on this kernel ({err})"
+        if any(e in err for e in _SO_PASS_ERRORS):
+            why += f"; {SOCKET_HINT}"
+        return why
+    finally:
+        os.close(r)
+        os.close(hold_w)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        shutil.rmtree(images, ignore_errors=True)

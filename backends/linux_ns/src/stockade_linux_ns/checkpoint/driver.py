@@ -80,6 +80,11 @@ def preflight(ctx: InstanceContext, *, live: bool = False) -> list[str]:
         problems.append(s)
     inv = inventory.collect(pid)
     problems.extend(inv.problems)
+    if inv.inet_listen or inv.inet_other:
+        # Measured once per process: a CRIU/kernel pair may fail on any IP socket.
+        why = criu.socket_problem("established" if inv.tcp else "listen")
+        if why:
+            problems.append(why)
     known = _known_mount_sources(ctx)
     for point in inv.ext_mounts:
         if point not in known:

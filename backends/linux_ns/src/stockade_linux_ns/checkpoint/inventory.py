@@ -56,6 +56,8 @@ class Inventory:
     problems: list[str] = field(default_factory=list)
     netns_inode: int | None = None
     tcp: int = 0  # established TCP sockets
+    inet_listen: int = 0  # TCP sockets held by the tasks, listening
+    inet_other: int = 0  # other TCP/UDP/raw IP sockets held by the tasks
 
 
 def children(pid: int) -> list[int]:
@@ -121,17 +123,27 @@ def _fdinfo(pid: int, fd: str) -> dict[str, str]:
     return out
 
 
+def _within(path: str, top: str) -> bool:
+    return top in ("/", path) or path.startswith(top.rstrip("/") + "/")
+
+
 def external_mounts(mounts: list[MountInfo]) -> dict[str, str]:
-    """Mount point -> key for every mount CRIU cannot make again from inside."""
-    root = next((m for m in mounts if m.point == "/"), None)
-    internal_devs = {m.dev for m in mounts if m.fstype in VIRTUAL_FS}
-    if root is not None:
-        internal_devs.add(root.dev)
+    """Mount point -> key for every mount CRIU cannot make again from inside.
+
+    CRIU re-creates the instance's root, a virtual file system mounted whole, and a bind
+    mount of a part of either (same device, its root inside theirs). Any other mount shows
+    a file system, or a part of one, that nothing mounted in the instance reaches: a host
+    file bound in, which must be named external. On a storage whose root is a plain
+    directory of the host's file system (``dir``) such binds (``/etc/hosts`` from the run
+    directory) share the root's device; their root outside the root mount's tells them apart
+    (CRIU: "doesn't have a proper root mount").
+    """
+    whole = [m for m in mounts if m.point == "/" or (m.fstype in VIRTUAL_FS and m.root == "/")]
     out: dict[str, str] = {}
     for m in mounts:
         if m.point == "/":
             continue
-        if m.dev in internal_devs and (m.fstype in VIRTUAL_FS or m.dev == (root.dev if root else "")):
+        if any(w.dev == m.dev and _within(m.root, w.root) for w in whole):
             continue
         out[m.point] = "stk" + m.point.replace("/", "_")
     return out
@@ -150,6 +162,7 @@ def collect(pid1: int) -> Inventory:
     # pipe inode -> ends ("r"/"w") held inside; an end missing inside means the pipe leads out
     pipes: dict[int, set[str]] = {}
     pipe_roles: dict[int, str] = {}
+    sockets: set[int] = set()
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -189,6 +202,7 @@ def collect(pid1: int) -> Inventory:
                     inv.ext_files.setdefault(key, f"file:{fl:o}")
                 continue
             if link.startswith("socket:["):
+                sockets.add(st.st_ino)
                 continue  # TCP via tcp_established, unix peers outside via ext_unix_sk
             if link.startswith("anon_inode:"):
                 kind = link.split(":", 1)[1].strip("[]")
@@ -198,6 +212,7 @@ def collect(pid1: int) -> Inventory:
         if ends != {"r", "w"}:
             inv.ext_files[f"pipe:[{ino}]"] = pipe_roles[ino]
     inv.tcp = _count_tcp(pid1)
+    inv.inet_listen, inv.inet_other = _count_inet(pid1, sockets)
     return inv
 
 
@@ -216,6 +231,27 @@ def _count_tcp(pid1: int) -> int:
         except (OSError, StopIteration, IndexError):
             continue
     return n
+
+
+def _count_inet(pid1: int, inodes: set[int]) -> tuple[int, int]:
+    """(listening TCP, other IP sockets) among the socket inodes the tasks hold."""
+    listen = other = 0
+    if not inodes:
+        return 0, 0
+    for name in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+        try:
+            with open(f"/proc/{pid1}/net/{name}") as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 9 and int(cols[9]) in inodes:
+                        if name.startswith("tcp") and cols[3] == "0A":
+                            listen += 1
+                        else:
+                            other += 1
+        except (OSError, StopIteration, ValueError):
+            continue
+    return listen, other
 
 
 def session_problem(pid1: int) -> str | None:
