@@ -233,6 +233,15 @@ class Supervisor:
             if msg.get("start"):
                 inst.start()
             return {"ok": True, "name": inst.name, "pid": inst.pid}, [], None
+        if op == "restore":
+            # Here, not in the CLI: the restored tree is the restorer's child (CRIU's
+            # rst_sibling), and only a process that outlives the command can reap it and
+            # record its exit status, as for any detached instance.
+            from .checkpointing import restore
+
+            inst = restore(self.host, str(msg["dir"]), name=msg.get("name"))
+            self._adopt(inst)
+            return {"ok": True, "name": inst.name, "pid": inst.pid}, [], None
         if op == "start":
             inst = self.host.get(str(msg["name"]))
             if inst.status == "stopped":

@@ -88,10 +88,18 @@ def cmd_checkpoint(ns: argparse.Namespace, host: Host) -> int:
 
 
 def cmd_restore(ns: argparse.Namespace, host: Host) -> int:
-    from .. import checkpointing
+    if os.environ.get("STOCKADE_SUPERVISOR", "1") == "0":
+        from .. import checkpointing
 
-    inst = checkpointing.restore(host, ns.dir, name=ns.name)
-    print(f"restored {inst.name} (pid {inst.pid})")
+        inst = checkpointing.restore(host, ns.dir, name=ns.name)
+        name, pid = inst.name, inst.pid
+    else:
+        # The supervisor restores it and stays its parent: the exit status is recorded.
+        from ..supervisor import request
+
+        reply = request(host, {"op": "restore", "dir": os.path.abspath(ns.dir), "name": ns.name})
+        name, pid = reply["name"], reply["pid"]
+    print(f"restored {name} (pid {pid})")
     return 0
 
 

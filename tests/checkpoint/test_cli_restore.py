@@ -1,0 +1,51 @@
+"""`stockade checkpoint` / `stockade restore` from the command line: the restored instance
+belongs to the root's supervisor, which records its exit status like any detached one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import conftest_helpers  # noqa: F401 (skips the module where CRIU cannot run)
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+LOOP = "i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done; exit 7"
+
+
+def _cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "stockade", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    if check:
+        assert r.returncode == 0, f"{args}: {r.stderr}"
+    return r
+
+
+def _status(root: Path, name: str) -> dict[str, object]:
+    rows = json.loads(_cli(root, "list", "--format", "json").stdout)
+    return next(r for r in rows if r["name"] == name)
+
+
+def test_restored_instance_exit_is_recorded(root_dir: Path, tmp_path: Path) -> None:
+    _cli(root_dir, "run", "-d", "--name", "loop", "--", "sh", "-c", LOOP)
+    time.sleep(0.3)
+    _cli(root_dir, "checkpoint", "loop", str(tmp_path / "ck"))
+    out = _cli(root_dir, "restore", str(tmp_path / "ck"), "--name", "back").stdout
+    assert out.startswith("restored back (pid ")
+    before = int(_cli(root_dir, "exec", "back", "--", "cat", "/tmp/c").stdout)
+    time.sleep(0.2)
+    assert int(_cli(root_dir, "exec", "back", "--", "cat", "/tmp/c").stdout) > before  # it runs on
+    _cli(root_dir, "exec", "back", "--", "touch", "/tmp/stop")
+    deadline = time.monotonic() + 20
+    while _status(root_dir, "back")["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    st = _status(root_dir, "back")
+    assert (st["status"], st["exit_status"]) == ("stopped", 7), st
