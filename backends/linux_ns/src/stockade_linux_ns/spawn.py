@@ -423,7 +423,7 @@ def _clone_into(cgroup_dir: str, newpid: int) -> int | None:
         return None
     try:
         return syscalls.fork_into_cgroup(fd, newpid)
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: an interpreter without PyOS_* exported
         return None
     finally:
         os.close(fd)

@@ -182,16 +182,18 @@ def fork_into_cgroup(cgroup_fd: int, flags: int = 0) -> int:
     does around fork().
     """
     args = _CloneArgs(flags=flags | CLONE_INTO_CGROUP, exit_signal=17, cgroup=cgroup_fd)  # SIGCHLD
+    nr = ctypes.c_long(_nr("clone3"))
+    # Everything looked up first: between BeforeFork and AfterFork nothing may fail.
     api = ctypes.pythonapi
-    api.PyOS_BeforeFork()
-    pid = _libc_with_gil().syscall(
-        ctypes.c_long(_nr("clone3")), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
-    )
+    before, child, parent = api.PyOS_BeforeFork, api.PyOS_AfterFork_Child, api.PyOS_AfterFork_Parent
+    syscall = _libc_with_gil().syscall
+    before()
+    pid = syscall(nr, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
     if pid == 0:
-        api.PyOS_AfterFork_Child()
+        child()
         return 0
     err = ctypes.get_errno()
-    api.PyOS_AfterFork_Parent()
+    parent()
     if pid < 0:
         raise OSError(err, f"clone3(CLONE_INTO_CGROUP): {os.strerror(err)}")
     return int(pid)
