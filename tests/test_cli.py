@@ -327,3 +327,48 @@ def test_requests_survive_the_supervisor_idling_out(root_dir: Path, monkeypatch:
         started.add(reply.get("pid"))
         time.sleep(0.04 + (i % 8) * 0.005)  # sweep across the moment it decides to exit
     assert len(started) > 1, "the supervisor never idled out: the test did not reach the race"
+
+
+def test_supervisor_serves_only_its_own_user(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """Whoever talks to the supervisor runs instances as root: another user can neither
+    connect (socket mode 0600) nor, if the mode were loosened, get an answer (peer creds)."""
+    import socket
+
+    sk("run", "--rm", "--", "true")  # leaves the supervisor warm
+    sock = root_dir / "run" / "supervisor.sock"
+    assert sock.exists() and (sock.stat().st_mode & 0o777) == 0o600
+
+    def as_nobody() -> int:
+        """Child's exit code: 0 refused at connect, 1 connected but got EOF, 2 got an answer."""
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect(str(sock))
+                except PermissionError:
+                    code = 0
+                else:
+                    try:
+                        s.sendall(b'{"op":"ping"}\n')
+                        code = 2 if s.recv(100) else 1
+                    except (ConnectionResetError, BrokenPipeError):
+                        code = 1
+            finally:
+                os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    modes = {d: d.stat().st_mode & 0o777 for d in (root_dir, root_dir / "run")}
+    try:
+        for d in modes:
+            os.chmod(d, 0o711)  # the way there is open: only the socket's mode stops them
+        assert as_nobody() == 0
+        os.chmod(sock, 0o666)
+        assert as_nobody() == 1
+    finally:
+        os.chmod(sock, 0o600)
+        for d, mode in modes.items():
+            os.chmod(d, mode)

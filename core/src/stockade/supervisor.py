@@ -26,6 +26,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -83,6 +84,9 @@ class Supervisor:
             if e.errno == errno.EADDRINUSE:
                 return  # another supervisor won the race
             raise
+        # Whoever can connect runs instances as root: the owner alone, whatever the umask
+        # (and each peer's credentials are checked again on accept).
+        os.chmod(path, 0o600)
         srv.listen(128)
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wfd)
@@ -103,6 +107,9 @@ class Supervisor:
                             os.read(rfd, 4096)
                     elif what == "accept":
                         conn, _ = srv.accept()
+                        if not _peer_is_us(conn):
+                            conn.close()
+                            continue
                         try:
                             self._handle(Connection(conn))
                         except Exception:  # a bug in one request must not end the others
@@ -297,6 +304,13 @@ class Supervisor:
             for fd in (stdio.stdin, stdio.stdout):
                 if fd is not None:
                     os.close(fd)
+
+
+def _peer_is_us(conn: socket.socket) -> bool:
+    """The connecting process runs as our own user (SO_PEERCRED: pid, uid, gid)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return bool(uid == os.geteuid())
 
 
 def main(argv: list[str] | None = None) -> None:
