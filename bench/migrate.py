@@ -173,8 +173,9 @@ def bench_runc(bindir: Path, mib: int, work: Path) -> dict[str, float]:
     cfg["root"]["readonly"] = False
     # No network namespace of its own: CRIU locks the network only in a namespace of the
     # container's, with iptables by default (this host has no iptables-restore), and the
-    # one other way, `network-lock nftables` in an org.criu.config file, crashes CRIU 4.1.1
-    # (config.c:1059 strcmp()s argv[optind], NULL in RPC mode). The workload has no sockets.
+    # one other way, `network-lock nftables` in an org.criu.config file, crashed CRIU 4.1.1
+    # (config.c:1059 strcmp()s argv[optind], NULL in RPC mode; 4.2.1 checks argv there, not
+    # tried again). The workload has no sockets.
     cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "network"]
     (bundle / "config.json").write_text(json.dumps(cfg))
     env = dict(os.environ)

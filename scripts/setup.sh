@@ -37,7 +37,8 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 $missing >/dev/null
 fi
 
-# CRIU 4.1 for checkpoint/restore and migration (Debian 12's 3.17 fails on kernels >= 6.13)
+# CRIU 4.2.1 for checkpoint/restore and migration (Debian 12's 3.17 fails on kernels >= 6.13;
+# < 4.2 cannot dump TCP/UDP sockets on kernels >= 6.16)
 sh scripts/setup-criu.sh
 
 # uv, in a venv of its own (Debian's python refuses system-wide pip installs)

@@ -151,7 +151,7 @@ def test_tcp_connection_survives_checkpoint_restore(host: Any, tmp_path: Path) -
 
 def test_listening_socket_survives_checkpoint_restore(host: Any, tmp_path: Path) -> None:
     """Listening sockets need no TCP repair; before CRIU 4.2 they failed to dump on Linux
-    >= 6.16 (SO_PASSCRED/SO_PASSSEC, see scripts/criu-patches)."""
+    >= 6.16 (SO_PASSCRED/SO_PASSSEC, see docs/checkpoint.md)."""
     _need("listen")
     server = (
         f"sleep 1000000 | nc -l -p {PORT} > /tmp/got & {WAIT_LISTEN}; "

@@ -22,10 +22,19 @@ from stockade.errors import IsolationError, Unavailable
 from . import pb
 
 DEFAULT_PREFIX = Path("/opt/stockade-criu")
-MIN_VERSION = (4, 1)  # 3.17 (Debian 12) fails on kernels >= 6.13: the vDSO split
-SETUP_HINT = "run scripts/setup-criu.sh (builds CRIU 4.1 from Debian trixie's source into /opt/stockade-criu)"
+# 3.17 (Debian 12's) fails `criu check` on kernels >= 6.13 (the vDSO split, fixed in 4.1); on
+# older kernels (the VM tier's 6.1) it works, with the RPC shims of ``legacy_options``.
+MIN_VERSION = (4, 1)
+MIN_VERSION_OLD_KERNEL = (3, 17)
+VDSO_SPLIT_KERNEL = (6, 13)
+# RPC fields (criu_opts) newer than the oldest CRIU accepted: the first version that reads them.
+# An older criu ignores a field it does not know (protobuf), so they must not be sent blind.
+RPC_LEAVE_STOPPED = (3, 19)
+RPC_SKIP_FILE_RWX_CHECK = (3, 18)
+SETUP_HINT = "run scripts/setup-criu.sh (it builds CRIU 4.2.1 from Debian's source into /opt/stockade-criu)"
 
 _checked: dict[str, tuple[bool, str]] = {}
+_versions: dict[str, tuple[int, ...] | None] = {}
 
 
 class CriuFailed(IsolationError):
@@ -45,6 +54,9 @@ def candidates() -> list[str]:
 
 
 def version_of(binary: str) -> tuple[int, ...] | None:
+    """``criu --version`` as numbers (None: no version), cached per binary for this process."""
+    if binary in _versions:
+        return _versions[binary]
     try:
         text = subprocess.run(
             [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
@@ -52,7 +64,39 @@ def version_of(binary: str) -> tuple[int, ...] | None:
     except OSError:
         return None
     m = re.search(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", text)
-    return tuple(int(g) for g in m.groups() if g is not None) if m else None
+    ver = tuple(int(g) for g in m.groups() if g is not None) if m else None
+    _versions[binary] = ver
+    return ver
+
+
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    """(major, minor) of the running kernel (or of ``release``, e.g. "6.1.0-56-amd64")."""
+    m = re.match(r"(\d+)\.(\d+)", release if release is not None else os.uname().release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def min_version(kernel: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The oldest CRIU that works on this kernel (or on ``kernel``)."""
+    k = kernel if kernel is not None else kernel_version()
+    return MIN_VERSION if k >= VDSO_SPLIT_KERNEL else MIN_VERSION_OLD_KERNEL
+
+
+def legacy_options(opts: Mapping[str, Any], version: tuple[int, ...]) -> tuple[dict[str, Any], list[str]]:
+    """``opts`` as a CRIU of ``version`` takes them: (RPC options, lines for an RPC config file).
+
+    ``leave_stopped`` is an RPC field since 3.19; before, it goes in as ``leave-stopped`` in
+    the RPC config file, and ``leave_running`` must then stay out (criu applies the RPC flags
+    after that file, so leave_running would win). ``skip_file_rwx_check`` (3.18) has no older
+    form: it is dropped, and the caller makes the modes match instead (see driver.restore).
+    """
+    out = dict(opts)
+    conf: list[str] = []
+    if version[:2] < RPC_LEAVE_STOPPED and out.pop("leave_stopped", 0):
+        out.pop("leave_running", None)
+        conf.append("leave-stopped")
+    if version[:2] < RPC_SKIP_FILE_RWX_CHECK:
+        out.pop("skip_file_rwx_check", None)
+    return out, conf
 
 
 def _check(binary: str) -> tuple[bool, str]:
@@ -65,11 +109,12 @@ def _check(binary: str) -> tuple[bool, str]:
         ver = version_of(binary)
         if ver is None:
             res = (False, f"{binary} --version says no version")
-        elif ver[:2] < MIN_VERSION:
+        elif ver[:2] < min_version():
             res = (
                 False,
-                f"{binary} is CRIU {'.'.join(map(str, ver))}; this needs >= "
-                f"{'.'.join(map(str, MIN_VERSION))} (older ones fail on kernels >= 6.13)",
+                f"{binary} is CRIU {'.'.join(map(str, ver))}; kernel "
+                f"{'.'.join(map(str, kernel_version()))} needs >= "
+                f"{'.'.join(map(str, min_version()))} (older ones fail on kernels >= 6.13)",
             )
         else:
             p = subprocess.run([binary, "check"], capture_output=True, text=True, timeout=60, check=False)
@@ -265,7 +310,7 @@ os.read(0, 1)
 _SO_PASS_ERRORS = ("Can't get 1:16 opt", "Can't get 1:34 opt")
 SOCKET_HINT = (
     "Linux >= 6.16 refuses SO_PASSCRED/SO_PASSSEC on TCP/UDP sockets and CRIU < 4.2 asks for "
-    "them; use CRIU >= 4.2 or run scripts/setup-criu.sh (it builds 4.1.1 with that fix)"
+    "them; use CRIU >= 4.2 or run scripts/setup-criu.sh (it builds 4.2.1)"
 )
 
 _socket_checked: dict[tuple[str, str], str] = {}
