@@ -88,14 +88,29 @@ def test_exit_status_and_rm(sk) -> None:  # type: ignore[no-untyped-def]
 def test_rm_is_gone_when_run_returns(sk, root_dir: Path) -> None:  # type: ignore[no-untyped-def]
     """The supervisor sends the exit status before its teardown ends; whoever looks right
     after must still never find the instance (they wait for the teardown)."""
+    import threading
+
     from stockade import Host, NotFound
 
     host = Host(root_dir)
-    for i in range(8):
-        sk("run", "--rm", "--name", f"gone{i}", "--", "true")
-        with pytest.raises(NotFound):
-            host.get(f"gone{i}")
-        assert f"gone{i}" not in [inst.name for inst in host.instances()]
+    stop = threading.Event()
+
+    def look() -> None:  # someone who lists all along: may record an exit before the supervisor
+        watcher = Host(root_dir)
+        while not stop.is_set():
+            watcher.instances()
+
+    lister = threading.Thread(target=look)
+    lister.start()
+    try:
+        for i in range(8):
+            sk("run", "--rm", "--name", f"gone{i}", "--", "true")
+            with pytest.raises(NotFound):
+                host.get(f"gone{i}")
+            assert f"gone{i}" not in [inst.name for inst in host.instances()]
+    finally:
+        stop.set()
+        lister.join()
     sk("run", "--rm", "--name", "again", "--", "true")
     sk("run", "--rm", "--name", "again", "--", "true")  # the name is free at once
 

@@ -430,6 +430,21 @@ class Host:
                     removed.extend(self.backend(kind, reg.name).gc(known))
         return removed
 
+    def delete_exited(self, name: str, pid: int, status: int, *, marked: Callable[[], None]) -> None:
+        """Record that ``pid``, the first process of ``name``, exited with ``status`` and
+        delete the instance, under one lock (a supervisor's end of ``run --rm``); ``marked``
+        runs once the state says "deleting". Left alone if another process of it runs now."""
+        with self.store.lock(name):
+            st = self.store.load(name)
+            if st.status in LIVE and st.pid != pid:
+                return
+            inst = Instance(self, st)
+            if st.status in LIVE:  # else someone who looked first recorded the exit already
+                st.status, st.exit_status, st.finished_at, st.pid = "stopped", status, time.time(), None
+                self.plugins.hook.stockade_instance_stopped(instance=inst, exit_status=status)
+            self._teardown(st, inst.context(), marked)  # saves it once, as "deleting"
+        self.plugins.hook.stockade_instance_deleted(name=name)
+
     def _teardown(
         self, st: InstanceState, ctx: InstanceContext, marked: Callable[[], None] | None = None
     ) -> None:
@@ -656,9 +671,7 @@ class Instance:
                 self.kill(signal.SIGKILL)
             return self.wait(timeout=30)
 
-    def delete(self, force: bool = False, *, marked: Callable[[], None] | None = None) -> None:
-        """Remove the instance and all it holds. ``marked``, if given, runs under the lock
-        once the state says "deleting": from then on ``Host.get`` waits for the end."""
+    def delete(self, force: bool = False) -> None:
         st = self.refresh()._st
         if st.status in LIVE:
             if not force:
@@ -676,7 +689,7 @@ class Instance:
         with self._locked() as st:
             if st.status in LIVE:
                 raise StateConflict(f"instance {self.name!r} is still {st.status}")
-            self.host._teardown(st, self.context(), marked)
+            self.host._teardown(st, self.context())
         self.host.plugins.hook.stockade_instance_deleted(name=self.name)
 
     def _freezer(self) -> tuple[Freezer, InstanceContext]:

@@ -136,10 +136,13 @@ class Supervisor:
                 continue
             self.last_activity = time.monotonic()
             status = shell_status(ws)
-            self._record(name, pid, status)
             waiter = self.waiters.pop(pid, None)
+            if waiter is not None and waiter.remove:
+                self._remove(waiter, pid, status)
+                continue
+            self._record(name, pid, status)
             if waiter is not None:
-                self._finish(waiter, status)
+                self._tell(waiter, status)
 
     def _record(self, name: str, pid: int, status: int) -> None:
         with contextlib.suppress(StockadeError), self.host.store.lock(name):
@@ -147,22 +150,23 @@ class Supervisor:
             if st.pid == pid and st.status in ("created", "running", "paused"):
                 Instance(self.host, st)._record_exit(status)
 
-    def _finish(self, waiter: Waiter, status: int) -> None:
-        def tell() -> None:
-            if waiter.conn is not None:
-                self.sel.unregister(waiter.conn.sock)
-                with contextlib.suppress(OSError):
-                    waiter.conn.send({"event": "exited", "exit_status": status})
-                waiter.conn.close()
-                waiter.conn = None
+    def _tell(self, waiter: Waiter, status: int) -> None:
+        if waiter.conn is not None:
+            self.sel.unregister(waiter.conn.sock)
+            with contextlib.suppress(OSError):
+                waiter.conn.send({"event": "exited", "exit_status": status})
+            waiter.conn.close()
+            waiter.conn = None
 
-        if waiter.remove:
-            # The exit status goes out as soon as the state says "deleting" (the teardown,
-            # ~5 ms, then overlaps the client's own exit): anyone who looks at the instance
-            # from then on waits for the lock held until it is gone (Host.get).
+    def _remove(self, waiter: Waiter, pid: int, status: int) -> None:
+        """``run --rm``: the exit status goes out as soon as the state says "deleting" (the
+        teardown, ~5 ms, then overlaps the client's own exit); anyone who looks at the
+        instance from then on waits for the lock held until it is gone (Host.get)."""
+        try:
             with contextlib.suppress(StockadeError):
-                self.host.get(waiter.name).delete(force=True, marked=tell)
-        tell()
+                self.host.delete_exited(waiter.name, pid, status, marked=lambda: self._tell(waiter, status))
+        finally:
+            self._tell(waiter, status)  # if the teardown failed before it could
 
     def _drop_waiter_conn(self, pid: int) -> None:
         w = self.waiters.get(pid)
