@@ -79,6 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=20)
     ap.add_argument("--api", action="store_true")
+    ap.add_argument("--cold", action="store_true", help="add the cold-supervisor row")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root")
@@ -93,7 +94,11 @@ def main() -> None:
         timed([*stockade, "run", "--rm", "--", "true"])  # imports the image once
         runners: dict[str, Callable[[int], float]] = {
             "stockade run --rm": lambda i: timed([*stockade, "run", "--rm", "--", "true"]),
-            "stockade run --rm (cold: no supervisor)": lambda i: cold(sroot, stockade),
+            **(
+                {"stockade run --rm (cold: no supervisor)": lambda i: cold(sroot, stockade)}
+                if args.cold
+                else {}
+            ),
             "runc run": lambda i: timed(
                 ["runc", "--root", str(base / "runc"), "run", "-b", str(bundle), f"b{i}"]
             ),
