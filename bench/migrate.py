@@ -1,13 +1,16 @@
 """Checkpoint/restore and migration timings: stockade (CRIU swrk) vs `runc checkpoint/restore`.
 
-    .venv/bin/python bench/migrate.py [--sizes 64,256] [--repeat 3]
+    .venv/bin/python bench/migrate.py [--sizes 64,256] [--repeat 3] [--only pre,post,stop] [-v]
 
 Workload: a static C program that touches N MiB of anonymous memory and keeps a counter.
-For each size: stockade checkpoint + restore (to a directory); live migration, post-copy
-(CRIU lazy pages relayed over the migration channel) and stop-and-copy, and cold migration,
-between two host roots over a socketpair (target in its own thread); and runc's
-checkpoint + restore of the same program (runc uses the same CRIU 4.1, via --criu).
-Medians in milliseconds. Needs root and scripts/setup-criu.sh.
+For each size: stockade checkpoint + restore (to a directory); live migration, pre-copy
+(pre-dumps while it runs; needs soft-dirty), post-copy (CRIU lazy pages relayed over the
+migration channel) and stop-and-copy, and cold migration, between two host roots over a
+socketpair (target in its own thread); and runc's checkpoint + restore of the same program
+(runc uses the same CRIU, via --criu). ``--only`` picks rows (stockade, runc, pre, post, stop,
+cold); a live method this kernel cannot run, or a missing runc, gives "n/a". Medians in
+milliseconds. Needs root and scripts/setup-criu.sh (in the VM tier, Debian's criu:
+``tests/vm/run.sh -- python3 bench/migrate.py --sizes 64 --only pre,post,stop``).
 """
 
 from __future__ import annotations
@@ -120,7 +123,9 @@ def bench_stockade(bindir: Path, mib: int, work: Path) -> dict[str, float]:
         cleanup(h, root)
 
 
-def bench_migrate(bindir: Path, mib: int, work: Path, mode: str, method: str = "auto") -> dict[str, float]:
+def bench_migrate(  # noqa: PLR0917
+    bindir: Path, mib: int, work: Path, mode: str, method: str = "auto", verbose: bool = False
+) -> dict[str, float]:
     from stockade import Host, migrate
 
     r1 = Path(tempfile.mkdtemp(prefix="stockade-test-bench-"))
@@ -152,6 +157,10 @@ def bench_migrate(bindir: Path, mib: int, work: Path, mode: str, method: str = "
             time.sleep(0.01)
         if mode == "live" and method != "auto":
             assert rep.method == method, rep
+        if verbose:
+            steps = " ".join(f"{k}={v * 1000:.0f}" for k, v in rep.steps.items())
+            sizes = f"pages {rep.pages_bytes >> 10} KiB, images {rep.images_bytes >> 10} KiB"
+            print(f"  {rep.summary()}; {sizes}; {steps}")
         return {"downtime": rep.downtime_s, "total": rep.total_s, "bytes": rep.bytes_moved}
     finally:
         cleanup(h1, r1)
@@ -217,56 +226,65 @@ def bench_runc(bindir: Path, mib: int, work: Path) -> dict[str, float]:
     return out
 
 
+# row -> (heading, fields)
+ROWS = {
+    "stockade": ("stockade", ("checkpoint", "restore")),
+    "runc": ("runc", ("checkpoint", "restore")),
+    "pre": ("pre-copy", ("downtime", "total")),
+    "post": ("post-copy", ("downtime", "total")),
+    "stop": ("stop-and-copy", ("downtime", "total")),
+    "cold": ("cold", ("downtime", "total")),
+}
+LIVE = {"pre": ("pre-copy", "precopy"), "post": ("post-copy", "postcopy"), "stop": ("stop-and-copy", "")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="64,256")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default=",".join(ROWS), help="rows: " + ",".join(ROWS))
+    ap.add_argument("-v", "--verbose", action="store_true", help="one line per migration, with its steps")
     args = ap.parse_args()
+    only = [k for k in args.only.split(",") if k]
+    if unknown := [k for k in only if k not in ROWS]:
+        ap.error(f"--only: unknown rows {unknown}; use {','.join(ROWS)}")
+    from stockade_linux_ns.checkpoint import CriuCheckpointer
+
+    why_not = CriuCheckpointer().live_problems()
+    for k in only:
+        cap = LIVE.get(k, ("", ""))[1]
+        if cap and why_not[cap]:
+            print(f"{ROWS[k][0]}: n/a ({why_not[cap]})")
     work = Path(tempfile.mkdtemp(prefix="stockade-bench-"))
     try:
         bindir = build(work)
         rows = []
         for mib in [int(s) for s in args.sizes.split(",")]:
-            runs: dict[str, list[dict[str, float]]] = {
-                k: [] for k in ("stockade", "runc", "post", "stop", "cold")
-            }
+            runs: dict[str, list[dict[str, float]]] = {k: [] for k in only}
             for _ in range(args.repeat):
-                runs["stockade"].append(bench_stockade(bindir, mib, work))
-                try:
-                    runs["runc"].append(bench_runc(bindir, mib, work))
-                except subprocess.CalledProcessError as e:
-                    print(f"runc failed: {e}")
-                runs["post"].append(bench_migrate(bindir, mib, work, "live", "post-copy"))
-                runs["stop"].append(bench_migrate(bindir, mib, work, "live", "stop-and-copy"))
-                runs["cold"].append(bench_migrate(bindir, mib, work, "cold"))
+                for k in only:
+                    if k == "stockade":
+                        runs[k].append(bench_stockade(bindir, mib, work))
+                    elif k == "runc":
+                        try:
+                            runs[k].append(bench_runc(bindir, mib, work))
+                        except (subprocess.CalledProcessError, FileNotFoundError) as e:
+                            print(f"runc failed: {e}")
+                    elif k == "cold":
+                        runs[k].append(bench_migrate(bindir, mib, work, "cold", verbose=args.verbose))
+                    elif not (LIVE[k][1] and why_not[LIVE[k][1]]):
+                        runs[k].append(bench_migrate(bindir, mib, work, "live", LIVE[k][0], args.verbose))
 
             def med(k: str, f: str, runs: dict[str, list[dict[str, float]]] = runs) -> str:
                 v = [r[f] for r in runs[k] if f in r]
                 return f"{statistics.median(v) * 1000:.0f}" if v else "n/a"
 
-            rows.append(
-                (
-                    mib,
-                    med("stockade", "checkpoint"),
-                    med("stockade", "restore"),
-                    med("runc", "checkpoint"),
-                    med("runc", "restore"),
-                    med("post", "downtime"),
-                    med("post", "total"),
-                    med("stop", "downtime"),
-                    med("stop", "total"),
-                    med("cold", "downtime"),
-                    med("cold", "total"),
-                )
-            )
-        print(
-            "| MiB | stockade checkpoint | stockade restore | runc checkpoint | runc restore "
-            "| post-copy downtime | post-copy total | stop-and-copy downtime | stop-and-copy total "
-            "| cold downtime | cold total |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+            rows.append([str(mib)] + [med(k, f) for k in only for f in ROWS[k][1]])
+        heads = ["MiB"] + [f"{ROWS[k][0]} {f}" for k in only for f in ROWS[k][1]]
+        print("| " + " | ".join(heads) + " |")
+        print("|" + "---|" * len(heads))
         for r in rows:
-            print("| " + " | ".join(str(x) for x in r) + " |")
+            print("| " + " | ".join(r) + " |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,9 +12,12 @@ from pathlib import Path
 import conftest_helpers  # noqa: F401 (skips the module where CRIU cannot run)
 import pytest
 
-pytestmark = pytest.mark.timeout(120)
+# ~4 s here, ~95 s in the VM tier (each CLI call is a Python start-up under TCG emulation)
+pytestmark = pytest.mark.timeout(300)
 
-LOOP = "i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done; exit 7"
+# After /tmp/stop appears it waits a second before it exits: the `exec ... touch` that made
+# the file must be gone by then, or PID 1's exit kills it (137; seen under the VM tier's TCG).
+LOOP = "i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done; sleep 1; exit 7"
 
 
 def _cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

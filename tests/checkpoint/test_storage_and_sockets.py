@@ -176,6 +176,31 @@ def test_listening_socket_survives_checkpoint_restore(host: Any, tmp_path: Path)
     assert back.run(["cat", "/tmp/got"]).stdout == b"hello\n"
 
 
+def test_leave_running_keeps_the_network(host: Any, tmp_path: Path) -> None:
+    """A dump that leaves the tree stopped (checkpoint --leave-running, migration) leaves its
+    network namespace locked for a copy to take over (criu's nftables table drops every
+    packet; CRIU < 3.19 cannot skip the lock, later ones lock where TCP is established).
+    Resumed in place, the instance gets its network back."""
+    _need("listen")
+    server = (
+        f"sleep 1000000 | nc -l -p {PORT} > /tmp/got & {WAIT_LISTEN}; "
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done"
+    )
+    inst = start_instance(host, "net", tmp_path, ["sh", "-c", server], **LOOPBACK)
+    deadline = time.monotonic() + 10
+    while inst.run(["test", "-s", "/tmp/c"]).exit_status != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the counter starts once the listener is up
+    before = wait_counter_past(inst, 5)
+    checkpointing.checkpoint(inst, tmp_path / "ck", leave_running=True)
+    assert wait_counter_past(inst, before) > before  # it runs on
+    r = inst.run(["sh", "-c", f"echo hello | nc -w 5 127.0.0.1 {PORT}"])
+    assert r.exit_status == 0, r
+    deadline = time.monotonic() + 10
+    while inst.run(["cat", "/tmp/got"]).stdout != b"hello\n" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert inst.run(["cat", "/tmp/got"]).stdout == b"hello\n"
+
+
 def test_socket_probe_names_the_cause() -> None:
     """The probe's answer is criu's own first error, or '' (cached per binary)."""
     for kind in ("listen", "established"):

@@ -5,7 +5,8 @@
 #
 # The image is a Debian 12 (bookworm) root file system made with debootstrap, with Debian's
 # 6.1 kernel, zfs-dkms built for it (Debian contrib), zfsutils-linux, libzfslinux-dev,
-# python3 and busybox-static; plus an uncompressed vmlinux. (The initramfs with the boot stages
+# python3, busybox-static and criu (3.17: enough on 6.1, whose soft-dirty tracking lets the
+# checkpoint tests run pre-copy); plus an uncompressed vmlinux. (The initramfs with the boot stages
 # is made from it by lib/initramfs.sh, cached next to it under its own hash.)
 # It lives in $STOCKADE_VM_CACHE (default /var/cache/stockade-vm) under a key made of the
 # kernel ABI, the zfs-dkms version and a hash of this harness, and is rebuilt on a miss.
@@ -106,7 +107,7 @@ chroot "$ROOT" env INITRD=No apt-get install -y -qq --no-install-recommends \
   "linux-image-$KVER" "linux-headers-$KVER" dkms build-essential \
   "zfs-dkms=$ZVER" "zfsutils-linux=$ZVER" "libzfslinux-dev=$ZVER" \
   python3 python3-cffi python3-pytest python3-pluggy busybox-static \
-  kmod iproute2 procps util-linux mount e2fsprogs psmisc libnftables1 libseccomp2 \
+  kmod iproute2 procps util-linux mount e2fsprogs psmisc libnftables1 libseccomp2 criu \
   > "$WORK/apt.log" 2>&1 \
   || { tail -30 "$WORK/apt.log" >&2; exit 1; }
 if ! ls "$ROOT/lib/modules/$KVER/updates/dkms/zfs.ko"* >/dev/null 2>&1; then

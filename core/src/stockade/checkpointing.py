@@ -154,6 +154,15 @@ def manifest_of(inst: Instance, storage_format: str, checkpointer: Checkpointer)
     }
 
 
+def unlock_network(cp: Checkpointer, ctx: InstanceContext) -> None:
+    """Before a tree a dump left stopped resumes in place (not on a copy): undo what the
+    checkpointer locked for the copy to take over (CRIU: the network namespace, locked until
+    the restore elsewhere). For checkpointers that have such a step (``unlock_network``)."""
+    unlock = getattr(cp, "unlock_network", None)
+    if unlock is not None:
+        unlock(ctx)
+
+
 def _resume_stopped(pids: list[int]) -> None:
     for p in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -199,7 +208,10 @@ def checkpoint(
             (d / MANIFEST).write_text(json.dumps(manifest_of(inst, fmt, cp), indent=1))
         finally:
             if leave_running:
-                _resume_stopped(pids)
+                try:
+                    unlock_network(cp, ctx)
+                finally:
+                    _resume_stopped(pids)
     if not leave_running:
         with contextlib.suppress(TimeoutError):
             inst.wait(timeout=10)

@@ -91,6 +91,7 @@ class Channel:
     def __init__(self, rfile: IO[bytes], wfile: IO[bytes], closer: Callable[[], None] | None = None) -> None:
         self.r, self.w = rfile, wfile
         self._closer = closer
+        self._sock: socket.socket | None = None  # of_socket: to bound peer_error's wait
         self._wlock = threading.Lock()
         self.sent = 0
         self.received = 0
@@ -114,7 +115,9 @@ class Channel:
                     f.close()
             sock.close()
 
-        return cls(r, w, close)
+        chan = cls(r, w, close)
+        chan._sock = sock
+        return chan
 
     @classmethod
     def of_fds(cls, rfd: int, wfd: int) -> Channel:
@@ -146,6 +149,21 @@ class Channel:
     def abort(self, error: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             self._send(b"X", json.dumps({"error": error}).encode(), flush=True)
+
+    def peer_error(self, timeout: float = 5.0) -> str | None:
+        """After a write failed because the peer hung up: the error it sent before it did
+        (its abort frame), if that can be read within ``timeout``; else None. Socket
+        channels only (a pipe's read could wait on whoever else holds its other end)."""
+        if self._sock is None:
+            return None
+        try:
+            self._sock.settimeout(timeout)
+            while True:
+                kind, data = self._recv()
+                if kind == b"X":
+                    return str(json.loads(data).get("error", "unknown error"))
+        except (OSError, ValueError, MigrationError):
+            return None
 
     def _recv(self) -> tuple[bytes, bytes]:
         if self._inbox is None:
@@ -584,10 +602,18 @@ def migrate(
             if lazy is not None:
                 lazy.stop()
             if cp is not None:
+                with contextlib.suppress(Exception):  # the migration's own error is the one to raise
+                    checkpointing.unlock_network(cp, ctx)
                 _resume(pids)
             elif stopped_source:
                 with contextlib.suppress(StockadeError):
                     inst.start()
+        if isinstance(e, OSError):
+            # The target gave up (and hung up) while we were still sending: its reason, not
+            # the broken pipe, is the error.
+            peer = chan.peer_error()
+            if peer is not None:
+                raise RemoteError(f"other host: {peer}") from e
         raise
     finally:
         if lazy is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -133,15 +134,22 @@ class LifecycleSuite:
         from .subject import BackendChoice, build_subject
 
         names = stockade_subject.backends
+        # The backends' options too (zfs: the parent dataset; each root has its own under it).
+        options = {k: dict(v) for k, v in stockade_subject.host.options.items()}
         other = build_subject(
             BackendChoice(
-                names["isolation"], names["quota"], names["storage"], plugins=stockade_subject.host.plugins
+                names["isolation"],
+                names["quota"],
+                names["storage"],
+                plugins=stockade_subject.host.plugins,
+                options=options,
             ),
             str(stockade_subject.root.parent),
         )
         sock_path = str(other.root / "migrate.sock")
+        opts_json = json.dumps(options, default=str)
         target = subprocess.Popen(
-            [sys.executable, "-c", _TARGET, str(other.root), sock_path, *names.values()],
+            [sys.executable, "-c", _TARGET, str(other.root), sock_path, opts_json, *names.values()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -176,10 +184,10 @@ class LifecycleSuite:
 
 
 _TARGET = """
-import socket, sys
+import json, socket, sys
 from stockade import Host, migrate
-root, path, iso, quota, storage = sys.argv[1:6]
-host = Host(root, isolation=iso, quota=quota, storage=storage)
+root, path, options, iso, quota, storage = sys.argv[1:7]
+host = Host(root, isolation=iso, quota=quota, storage=storage, options=json.loads(options))
 srv = socket.socket(socket.AF_UNIX)
 srv.bind(path)
 srv.listen(1)

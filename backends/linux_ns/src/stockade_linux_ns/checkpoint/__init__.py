@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 class CriuCheckpointer:
-    """Checkpoint/restore of linux_ns instances through CRIU 4.1+ (swrk RPC)."""
+    """Checkpoint/restore of linux_ns instances through CRIU (swrk RPC): 4.1+, or 3.17+ on
+    kernels before 6.13."""
 
     name = "criu"
 
@@ -91,6 +92,12 @@ class CriuCheckpointer:
 
         r = pre_dump(ctx, images, parent=parent)
         return {"freeze_s": r.freeze_s, "pages_bytes": r.pages_bytes, "images_bytes": r.images_bytes}
+
+    def unlock_network(self, ctx: InstanceContext) -> list[str]:
+        """Before a tree left stopped by a dump resumes in place: remove criu's network lock."""
+        from .driver import unlock_network
+
+        return unlock_network(ctx)
 
     def lazy_pages(self, images: Path, ps_fd: int) -> LazyPagesDaemon:
         """Start the daemon a post-copy restore (``restore(..., lazy=True)``) needs first."""

@@ -29,7 +29,9 @@ MIN_VERSION_OLD_KERNEL = (3, 17)
 VDSO_SPLIT_KERNEL = (6, 13)
 # RPC fields (criu_opts) newer than the oldest CRIU accepted: the first version that reads them.
 # An older criu ignores a field it does not know (protobuf), so they must not be sent blind.
+# (An enum value it does not know fails the whole request, before criu even opens its log.)
 RPC_LEAVE_STOPPED = (3, 19)
+RPC_NETLOCK_SKIP = (3, 19)
 RPC_SKIP_FILE_RWX_CHECK = (3, 18)
 SETUP_HINT = "run scripts/setup-criu.sh (it builds CRIU 4.2.1 from Debian's source into /opt/stockade-criu)"
 
@@ -86,14 +88,18 @@ def legacy_options(opts: Mapping[str, Any], version: tuple[int, ...]) -> tuple[d
 
     ``leave_stopped`` is an RPC field since 3.19; before, it goes in as ``leave-stopped`` in
     the RPC config file, and ``leave_running`` must then stay out (criu applies the RPC flags
-    after that file, so leave_running would win). ``skip_file_rwx_check`` (3.18) has no older
-    form: it is dropped, and the caller makes the modes match instead (see driver.restore).
+    after that file, so leave_running would win). ``network_lock`` SKIP (3.19) becomes
+    NFTABLES: the lock then costs a table in the instance's network namespace, and needs no
+    iptables binaries. ``skip_file_rwx_check`` (3.18) has no older form: it is dropped, and
+    the caller makes the modes match instead (see driver.restore).
     """
     out = dict(opts)
     conf: list[str] = []
     if version[:2] < RPC_LEAVE_STOPPED and out.pop("leave_stopped", 0):
         out.pop("leave_running", None)
         conf.append("leave-stopped")
+    if version[:2] < RPC_NETLOCK_SKIP and out.get("network_lock") == pb.NETLOCK_SKIP:
+        out["network_lock"] = pb.NETLOCK_NFTABLES
     if version[:2] < RPC_SKIP_FILE_RWX_CHECK:
         out.pop("skip_file_rwx_check", None)
     return out, conf
@@ -222,12 +228,17 @@ class Swrk:
             return resp
 
 
+EMPTY_LOG = "(criu logged nothing: it refused the request itself, e.g. an RPC value it does not know)"
+
+
 def log_error(log: Path, limit: int = 3) -> str:
     """The last ``Error`` lines of a CRIU log (what to show the user), or its tail."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return "(no criu log)"
+    if not lines:
+        return EMPTY_LOG
     errs = [ln for ln in lines if ("Error" in ln or "error" in ln.split(":", 1)[0]) and not _harmless(ln)]
     pick = errs[-limit:] if errs else lines[-limit:]
     return " | ".join(re.sub(r"^\(\s*[\d.]+\)\s*", "", ln).strip() for ln in pick)
@@ -381,6 +392,7 @@ def _probe_socket_dump(binary: str, kind: str) -> str:
                 "network_lock": pb.NETLOCK_SKIP,  # nothing moves: the peer is in the dump
                 "external": [f"net[{netns}]:probe"],
             }
+            opts, _ = legacy_options(opts, version_of(binary) or ())  # needs no config file
             with Swrk(binary, pass_fds=[fd]) as s:
                 resp = s.call(pb.DUMP, opts)
         finally:

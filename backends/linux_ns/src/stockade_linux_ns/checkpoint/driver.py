@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +137,37 @@ def _opts_common(images_fd: int, log: str) -> dict[str, Any]:
     }
 
 
+def _call(
+    req_type: int,
+    opts: dict[str, Any],
+    pass_fds: list[int],
+    *,
+    conf: tuple[str, ...] = (),
+    notify: criu.NotifyFn | None = None,
+    started: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """One request to a fresh ``criu swrk``: ``opts`` made fit for its version, and ``conf``
+    (with what an older criu takes only that way) in an RPC config file; ``started`` gets
+    criu's pid before the request goes out."""
+    binary = criu.find()
+    opts, legacy = criu.legacy_options(opts, criu.version_of(binary) or ())
+    lines = [*conf, *legacy]
+    path: str | None = None
+    try:
+        if lines:
+            cfd, path = tempfile.mkstemp(prefix="stockade-criu-", suffix=".conf")
+            with os.fdopen(cfd, "w") as f:
+                f.write("".join(f"{ln}\n" for ln in lines))
+            opts["config_file"] = path
+        with criu.Swrk(binary, pass_fds=pass_fds) as s:
+            if started is not None:
+                started(s.proc.pid)
+            return s.call(req_type, opts, notify=notify)
+    finally:
+        if path is not None:
+            os.unlink(path)
+
+
 def dump(
     ctx: InstanceContext,
     images: Path,
@@ -170,6 +203,7 @@ def dump(
         "pid1": pid,
         "mounts": {key: known[point] for point, key in inv.ext_mounts.items()},
         "files": inv.ext_files,
+        "file_modes": inv.ext_modes,
         "netns_external": netns_external,
         "tcp_established": inv.tcp,
         "network_mode": ctx.spec.network.mode,
@@ -177,7 +211,7 @@ def dump(
     # Written first: a post-copy dump hands its images over before criu returns.
     (images / MANIFEST).write_text(json.dumps(manifest, indent=1))
     fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
-    conf: str | None = None
+    conf: tuple[str, ...] = ()
     t_images: list[float] = []
 
     def notify(script: str, _pid: int) -> None:
@@ -203,19 +237,14 @@ def dump(
             # RPC's `ps` message ignores its fd for lazy dumps (criu 4.1 cr-service.c) and
             # would listen on a TCP port of every address instead: the connected socket goes
             # in through an RPC config file (`ps-socket`), so no port is ever opened.
-            cfd, conf = tempfile.mkstemp(prefix="stockade-criu-lazy-", suffix=".conf")
-            with os.fdopen(cfd, "w") as f:
-                f.write(f"ps-socket {lazy_ps_fd}\n")
-            opts.update(lazy_pages=1, config_file=conf)
+            conf = (f"ps-socket {lazy_ps_fd}",)
+            opts["lazy_pages"] = 1
             pass_fds.append(lazy_ps_fd)
         t0 = time.monotonic()
-        with criu.Swrk(pass_fds=pass_fds) as s:
-            resp = s.call(pb.DUMP, opts, notify=notify)
+        resp = _call(pb.DUMP, opts, pass_fds, conf=conf, notify=notify)
         freeze = (t_images[0] if t_images and lazy_ps_fd is not None else time.monotonic()) - t0
     finally:
         os.close(fd)
-        if conf is not None:
-            os.unlink(conf)
     if not resp.get("success"):
         (images / MANIFEST).unlink(missing_ok=True)
         raise criu.CriuFailed(
@@ -250,8 +279,7 @@ def pre_dump(ctx: InstanceContext, images: Path, *, parent: str | None = None) -
         if fz:
             opts["freeze_cgroup"] = fz
         t0 = time.monotonic()
-        with criu.Swrk(pass_fds=[fd]) as s:
-            resp = s.call(pb.PRE_DUMP, opts)
+        resp = _call(pb.SINGLE_PRE_DUMP, opts, [fd])
         frozen = time.monotonic() - t0
     finally:
         os.close(fd)
@@ -263,6 +291,60 @@ def pre_dump(ctx: InstanceContext, images: Path, *, parent: str | None = None) -
     pages = sum(p.stat().st_size for p in images.glob("pages-*.img"))
     total = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
     return DumpResult(frozen, pages, total)
+
+
+def unlock_network(ctx: InstanceContext) -> list[str]:
+    """Remove the network lock a dump left in the instance's network namespace; the tables
+    removed (``inet CRIU-...``).
+
+    A dump that leaves the tree stopped (``leave_stopped``: migration, checkpoint
+    --leave-running) leaves the namespace locked too, for the copy to take over: criu's
+    nftables table drops every packet. A tree resumed where it was (rollback, or after the
+    file system copy) must get its network back. (criu locks the whole namespace where there
+    is established TCP, and, before 3.19 which cannot skip the lock, always.)
+    """
+    from .. import syscalls
+    from ..net.nft import Nft
+
+    try:
+        pid = _pid1(ctx)
+        ns = f"/proc/{pid}/ns/net"
+        if os.stat(ns).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            return []  # criu locks only a namespace of the tree's own
+        fd = os.open(ns, os.O_RDONLY | os.O_CLOEXEC)
+    except (StateConflict, FileNotFoundError, ProcessLookupError):
+        return []  # the tree is gone, and its namespace with it
+    removed: list[str] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        # A thread of its own: setns(CLONE_NEWNET) moves only the calling thread, and this
+        # one ends with it. The nft context (its netlink socket) is made inside the namespace.
+        try:
+            syscalls.setns(fd, syscalls.CLONE_NEWNET, "instance network namespace")
+            nft = Nft()
+            try:
+                for item in nft.run_text("list tables inet"):
+                    name = str(item.get("table", {}).get("name", ""))
+                    if name.startswith("CRIU-"):
+                        nft.run_text(f"delete table inet {name}")
+                        removed.append(f"inet {name}")
+            finally:
+                nft.close()
+        except BaseException as e:
+            failed.append(e)
+
+    try:
+        t = threading.Thread(target=run, name="stockade-criu-unlock")
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if failed:
+        raise IsolationError(
+            f"instance {ctx.name!r}: could not remove criu's network lock: {failed[0]}"
+        ) from failed[0]
+    return removed
 
 
 class LazyPages:
@@ -400,6 +482,12 @@ def restore(
     opened: list[int] = []
     inherit: list[dict[str, Any]] = []
     externals: list[str] = []
+    # CRIU < 3.18 (no skip_file_rwx_check) insists that a file handed back has the dumped
+    # file's mode: the new log takes it for the restore, and gets its own back after.
+    modes: dict[str, int] = manifest.get("file_modes", {})
+    if (criu.version_of(criu.find()) or ())[:2] >= criu.RPC_SKIP_FILE_RWX_CHECK:
+        modes = {}
+    chmodded: list[tuple[int, int]] = []
     for key, what in manifest["mounts"].items():
         if what.startswith("run:"):
             src = str(run_dir / what[4:])
@@ -421,6 +509,10 @@ def restore(
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, flags | os.O_CREAT, 0o640)
         opened.append(fd)
+        st = os.fstat(fd)
+        if key in modes and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != modes[key]:
+            os.fchmod(fd, modes[key])
+            chmodded.append((fd, stat.S_IMODE(st.st_mode)))
         inherit.append({"key": key, "fd": fd})
     attached = False
     hooks = None
@@ -449,10 +541,8 @@ def restore(
         if leave_stopped:
             opts["leave_stopped"] = 1
         syscalls.set_child_subreaper()
-        with criu.Swrk(pass_fds=opened) as s:
-            # The tree is forked by criu: let it start inside the instance's groups.
-            join(s.proc.pid)
-            resp = s.call(pb.RESTORE, opts)
+        # The tree is forked by criu: let it start inside the instance's groups.
+        resp = _call(pb.RESTORE, opts, opened, started=join)
         if not resp.get("success"):
             raise criu.CriuFailed(
                 f"instance {ctx.name!r}: restore failed: {criu.log_error(images / LOG_RESTORE)} "
@@ -470,6 +560,9 @@ def restore(
                 run_dir.rmdir()
         raise
     finally:
+        for fd, own in reversed(chmodded):  # the same file may be in twice
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, own)
         for fd in opened:
             os.close(fd)
     from ..procid import start_time

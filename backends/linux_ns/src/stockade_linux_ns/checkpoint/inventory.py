@@ -53,6 +53,7 @@ class Inventory:
     mounts: list[MountInfo]
     ext_mounts: dict[str, str] = field(default_factory=dict)  # mount point inside -> key
     ext_files: dict[str, str] = field(default_factory=dict)  # file[...] / pipe:[...] key -> role
+    ext_modes: dict[str, int] = field(default_factory=dict)  # file[...] key -> its permission bits
     problems: list[str] = field(default_factory=list)
     netns_inode: int | None = None
     tcp: int = 0  # established TCP sockets
@@ -200,6 +201,7 @@ def collect(pid1: int) -> Inventory:
                         )
                     fl = raw & (os.O_ACCMODE | os.O_APPEND)
                     inv.ext_files.setdefault(key, f"file:{fl:o}")
+                    inv.ext_modes.setdefault(key, stat.S_IMODE(st.st_mode))
                 continue
             if link.startswith("socket:["):
                 sockets.add(st.st_ino)

@@ -111,6 +111,9 @@ SCHEMAS: dict[str, Schema] = {
 # criu_req_type
 DUMP, RESTORE, CHECK, PRE_DUMP, PAGE_SERVER, NOTIFY = 1, 2, 3, 4, 5, 6
 FEATURE_CHECK, VERSION = 9, 10
+# One pre-dump, then the session ends: PRE_DUMP instead waits for the next pre-dump or the
+# dump on the same socket (criu's pre_dump_loop), and logs an error when it is closed.
+SINGLE_PRE_DUMP = 13
 # criu_cg_mode
 CG_IGNORE, CG_NONE, CG_PROPS, CG_SOFT, CG_FULL, CG_STRICT = 0, 1, 2, 3, 4, 5
 # criu_network_lock_method

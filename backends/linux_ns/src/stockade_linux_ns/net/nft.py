@@ -71,6 +71,13 @@ class Nft:
         items: list[dict[str, Any]] = json.loads(out).get("nftables", [])
         return items
 
+    def close(self) -> None:
+        """Free the context (and its netlink socket): for one made for a single job."""
+        with self._lock:
+            if self._ctx:
+                self._lib.nft_ctx_free(self._ctx)
+                self._ctx = None
+
 
 @cache
 def nft() -> Nft:
