@@ -144,6 +144,38 @@ def test_criu_version_rules() -> None:
     assert criu.legacy_options(opts, (4, 1, 1)) == (opts, [])
 
 
+def test_dump_retries_a_task_caught_in_d_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """criu's "Unseizable non-zombie ... state D" (a task caught mid-exit) fails a dump that a
+    second try a moment later passes: the dump tries again, without the first try's files."""
+    from stockade_linux_ns.checkpoint import driver
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / driver.MANIFEST).write_text("{}")
+    tries: list[list[str]] = []
+
+    def fake_call(req_type: int, opts: dict[str, Any], pass_fds: list[int], **kw: Any) -> dict[str, Any]:
+        tries.append(sorted(p.name for p in images.iterdir()))
+        if len(tries) == 1:
+            (images / "pages-1.img").write_bytes(b"x")
+            (images / driver.LOG_DUMP).write_text(
+                "Error (compel/src/lib/infect.c:234): Unseizable non-zombie 3582 found, state D, err -1/4\n"
+            )
+            return {"success": 0}
+        return {"success": 1}
+
+    monkeypatch.setattr(driver, "_call", fake_call)
+    resp, _ = driver._dump_retrying(1, {}, [], images, driver.LOG_DUMP)
+    assert resp["success"] and len(tries) == 2
+    assert tries[1] == sorted([driver.MANIFEST, "dump-try1.log"]), tries
+    # any other failure is final at once
+    tries.clear()
+    (images / driver.LOG_DUMP).write_text("Error (criu/cr-dump.c:1): something else\n")
+    monkeypatch.setattr(driver, "_call", lambda *a, **k: tries.append([]) or {"success": 0})
+    resp, _ = driver._dump_retrying(1, {}, [], images, driver.LOG_DUMP)
+    assert not resp["success"] and len(tries) == 1
+
+
 def test_peer_error_after_a_broken_pipe() -> None:
     """The target gives up (an abort frame) and hangs up while the source still streams: the
     source can tell the target's reason, not only the broken pipe."""

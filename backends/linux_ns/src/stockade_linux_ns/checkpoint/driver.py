@@ -168,6 +168,44 @@ def _call(
             os.unlink(path)
 
 
+# criu gives up on the whole tree when it finds one of its tasks in D state while seizing
+# them (compel: "Unseizable non-zombie <pid> found, state D"; e.g. a child caught mid-exit);
+# the tree runs on untouched, and a try a moment later normally finds it settled.
+TRANSIENT_DUMP_ERRORS = ("Unseizable non-zombie",)
+DUMP_TRIES = 3
+
+
+def _dump_retrying(
+    req_type: int,
+    opts: dict[str, Any],
+    pass_fds: list[int],
+    images: Path,
+    log: str,
+    **kw: Any,
+) -> tuple[dict[str, Any], float]:
+    """``_call`` for a dump or pre-dump, tried again after a transient seize failure; the
+    answer and when the last try started. A failed try's files go (its log is kept as
+    ``<log>-tryN.log``); the stockade manifest stays."""
+    for attempt in range(1, DUMP_TRIES + 1):
+        t0 = time.monotonic()
+        resp = _call(req_type, opts, pass_fds, **kw)
+        if resp.get("success") or attempt == DUMP_TRIES:
+            return resp, t0
+        try:
+            text = (images / log).read_text(errors="replace")
+        except OSError:
+            text = ""
+        if not any(e in text for e in TRANSIENT_DUMP_ERRORS):
+            return resp, t0
+        for p in images.iterdir():
+            if p.name == log:
+                p.rename(images / f"{log.removesuffix('.log')}-try{attempt}.log")
+            elif p.name != MANIFEST and (p.is_symlink() or p.is_file()):
+                p.unlink()
+        time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
 def dump(
     ctx: InstanceContext,
     images: Path,
@@ -240,8 +278,7 @@ def dump(
             conf = (f"ps-socket {lazy_ps_fd}",)
             opts["lazy_pages"] = 1
             pass_fds.append(lazy_ps_fd)
-        t0 = time.monotonic()
-        resp = _call(pb.DUMP, opts, pass_fds, conf=conf, notify=notify)
+        resp, t0 = _dump_retrying(pb.DUMP, opts, pass_fds, images, LOG_DUMP, conf=conf, notify=notify)
         freeze = (t_images[0] if t_images and lazy_ps_fd is not None else time.monotonic()) - t0
     finally:
         os.close(fd)
@@ -278,8 +315,7 @@ def pre_dump(ctx: InstanceContext, images: Path, *, parent: str | None = None) -
         fz = _freezer_path(ctx)
         if fz:
             opts["freeze_cgroup"] = fz
-        t0 = time.monotonic()
-        resp = _call(pb.SINGLE_PRE_DUMP, opts, [fd])
+        resp, t0 = _dump_retrying(pb.SINGLE_PRE_DUMP, opts, [fd], images, LOG_PRE_DUMP)
         frozen = time.monotonic() - t0
     finally:
         os.close(fd)
