@@ -57,9 +57,9 @@ def test_every_process_is_in_every_group(host: Host, monkeypatch: pytest.MonkeyP
     """PID 1 and an exec'd process are in each of the instance's cgroups, v1 and v2 alike,
     whether cloned straight into the v2 group (clone3) or forked and moved in."""
     if how == "moved":
-        from stockade_linux_ns import spawn
+        from stockade_linux_ns import syscalls
 
-        monkeypatch.setattr(spawn, "_single_threaded", lambda: False)  # takes the fork path
+        monkeypatch.setattr(syscalls, "single_threaded", lambda: False)  # takes the fork path
     inst = host.create({"name": f"cg-{how}", "process": {"args": ["sleep", "30"]}})
     inst.start()
     ex = None

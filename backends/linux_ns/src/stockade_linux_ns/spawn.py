@@ -392,7 +392,7 @@ def _fork_joined(join: JoinFn, newpid: int, status_w: int, body: Callable[[], No
     moves itself in (join is then still its own first act, before it drops anything).
     """
     born = isinstance(join, Join) and join.birth_cgroup is not None and join.after_birth is not None
-    if born and _single_threaded():
+    if born and syscalls.single_threaded():
         assert isinstance(join, Join) and join.birth_cgroup and join.after_birth
         pid = _clone_into(join.birth_cgroup, newpid)
         if pid == 0:
@@ -408,10 +408,6 @@ def _then(join: JoinFn, body: Callable[[], None]) -> Callable[[], None]:
         body()
 
     return run
-
-
-def _single_threaded() -> bool:
-    return len(os.listdir("/proc/self/task")) == 1
 
 
 def _clone_into(cgroup_dir: str, newpid: int) -> int | None:

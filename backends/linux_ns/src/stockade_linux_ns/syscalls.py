@@ -146,6 +146,11 @@ def seccomp_load_bpf(program: bytes) -> None:
     _check(rc, "seccomp filter load")
 
 
+def single_threaded() -> bool:
+    """This process has one thread (a fresh fork): what moves the caller moves it whole."""
+    return len(os.listdir("/proc/self/task")) == 1
+
+
 def set_child_subreaper() -> None:
     """Orphaned descendants (an instance's PID 1 once its launcher exits) reparent to us."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
