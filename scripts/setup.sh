@@ -46,7 +46,10 @@ if ! [ -x .tools/uv/bin/uv ]; then
     python3 -m venv .tools/uv
     .tools/uv/bin/pip install -q uv
 fi
-.tools/uv/bin/uv sync -q --frozen --python 3.11 --compile-bytecode
+# Debian's own python3.11, named, not whichever 3.11 comes first on PATH (pyenv, a uv
+# download): its static, PGO-built interpreter starts ~3 ms sooner than a libpython3.11.so
+# build, and every `stockade run` starts one (DESIGN.md, Performance).
+.tools/uv/bin/uv sync -q --frozen --python /usr/bin/python3.11 --compile-bytecode
 # The workspace's own modules are installed editable: compile them too, so that every run
 # loads cached bytecode (the run path has a time budget; see DESIGN.md, Performance).
 .venv/bin/python -m compileall -q core/src backends/*/src >/dev/null

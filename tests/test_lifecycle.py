@@ -138,3 +138,52 @@ def test_restart_after_stop_keeps_the_root(host: Host) -> None:
 def test_run_convenience(host: Host) -> None:
     assert host.run({"name": "once", "process": {"args": ["true"]}}) == 0
     assert [i.name for i in host.instances()] == []
+
+
+def _ns(pid: int | str, name: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{name}").st_ino
+
+
+def test_warm_host_spare_namespaces_are_fresh_and_ours_unchanged(root_dir: Path) -> None:
+    """A warm host (the supervisor) gives each instance net, ipc and uts namespaces made
+    while the one before it set itself up (nspool): each instance still gets its own, new
+    and unused, and the host process stays in its own namespaces throughout."""
+    ours = {n: _ns("self", n) for n in ("net", "ipc", "uts")}
+    with Host(root_dir, warm=True) as host:
+        insts = []
+        try:
+            for i in range(3):
+                inst = host.create(
+                    {"name": f"warm{i}", "hostname": f"warm{i}", "process": {"args": ["sleep", "30"]}},
+                    start=True,
+                )
+                insts.append(inst)
+                assert {n: _ns("self", n) for n in ours} == ours
+            seen = [{n: _ns(i.pid or 0, n) for n in ours} for i in insts]
+            for n, own in ours.items():
+                inodes = [s[n] for s in seen]
+                assert len(set(inodes)) == len(inodes) and own not in inodes, (n, inodes)
+            for i, inst in enumerate(insts):
+                assert inst.run(["hostname"]).stdout.strip() == f"warm{i}".encode()
+                links = inst.run(["cat", "/proc/net/dev"]).stdout.decode()
+                assert [ln.split(":")[0].strip() for ln in links.splitlines()[2:]] == ["lo"], links
+        finally:
+            for inst in insts:
+                inst.delete(force=True)
+        assert {n: _ns("self", n) for n in ours} == ours
+
+
+def test_warm_host_keeps_cgroup_parents_until_closed(root_dir: Path) -> None:
+    """Re-making stockade/<tag> in every hierarchy costs ~1 ms a run: a warm host keeps
+    them between instances and removes them (empty) on close; a cold one at each delete."""
+    from stockade_linux_ns.cgroup.detect import detect
+    from stockade_linux_ns.cgroup.placement import tag_dir, used
+
+    dirs = [tag_dir(h, Host(root_dir).tag) for h in detect("auto").hierarchies if used(h)]
+    assert dirs
+    with Host(root_dir, warm=True) as host:
+        assert host.run({"name": "keep", "process": {"args": ["true"]}}) == 0
+        assert all(os.path.isdir(d) for d in dirs)
+    assert not any(os.path.exists(d) for d in dirs)
+    assert Host(root_dir).run({"name": "cold", "process": {"args": ["true"]}}) == 0
+    assert not any(os.path.exists(d) for d in dirs)

@@ -30,6 +30,9 @@ class BackendConfig:
     run_dir: Path  # runtime state of this host (mount points, sockets)
     host_tag: str  # short stable id of the root, put in names of host-wide resources
     options: Mapping[str, Any] = field(default_factory=dict)  # backend-specific configuration
+    # A long-lived host process (the supervisor): a backend may keep what all instances of
+    # the root share (empty cgroup parents) from one instance to the next, until close().
+    warm: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class InstanceContext:
     run_dir: Path  # runtime per-instance directory
     rootfs: RootFS | None = None
     data: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-kind persisted data
+    # False for an instance deleted when its process ends (``run --rm``): what a backend
+    # records for it need not survive a power loss (no fsync); gc removes what one leaves.
+    durable: bool = True
 
     def bag(self, kind: Kind) -> dict[str, Any]:
         return self.data.setdefault(kind, {})
@@ -261,6 +267,9 @@ class BackendBase:
 
     def gc(self, known: Mapping[str, InstanceContext]) -> list[str]:
         return []
+
+    def close(self) -> None:
+        """Release what a warm backend kept between instances (BackendConfig.warm)."""
 
     def _unsupported(self, what: str) -> NotSupported:
         return NotSupported(f"{self.kind} backend {self.name!r} does not support {what}")

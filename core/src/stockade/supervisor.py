@@ -117,9 +117,12 @@ class Supervisor:
                     else:  # a waiting `run` whose command went away: the instance carries on
                         self._drop_waiter_conn(obj)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            srv.close()
+            try:
+                self.host.close()
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                srv.close()
 
     # --- children ---------------------------------------------------------------------------
 
@@ -231,18 +234,17 @@ class Supervisor:
             return {"ok": True, "pid": os.getpid()}, [], None
         if op == "shutdown":
             self.idle_s = 0.0
-            return {"ok": True}, [], None
+            return {"ok": True, "pid": os.getpid(), "exiting": not self.children}, [], None
         if op == "kill":
             self.host.get(str(msg["name"])).kill(int(msg.get("signal", signal.SIGTERM)))
             return {"ok": True}, [], None
         if op == "create":
             spec = self.host.make_spec(msg["spec"])
+            start = bool(msg.get("start"))
             inst = self._with_log(
-                spec.name, lambda stdio: self.host.create(spec, stdio=stdio, owner="supervisor")
+                spec.name, lambda stdio: self.host.create(spec, stdio=stdio, owner="supervisor", start=start)
             )
             self._adopt(inst)
-            if msg.get("start"):
-                inst.start()
             return {"ok": True, "name": inst.name, "pid": inst.pid}, [], None
         if op == "restore":
             # Here, not in the CLI: the restored tree is the restorer's child (CRIU's
@@ -272,17 +274,14 @@ class Supervisor:
             else:
                 stdin, stdout, stderr = [*fds, None, None, None][:3]
                 stdio = Stdio(stdin=stdin, stdout=stdout, stderr=stderr)
-            inst = self.host.create(spec, stdio=stdio, owner="supervisor", ephemeral=bool(msg.get("rm")))
+            rm = bool(msg.get("rm"))
+            inst = self.host.create(spec, stdio=stdio, owner="supervisor", ephemeral=rm, start=True)
         finally:
             for fd in fds:
                 os.close(fd)
+        # Not reaped before the next turn of the serve loop: the waiter is in place by then.
         self._adopt(inst)
-        self.waiters[inst.pid or 0] = Waiter(inst.name, None, bool(msg.get("rm")))
-        try:
-            inst.start()
-        except BaseException:
-            self.waiters.pop(inst.pid or 0, None)
-            raise
+        self.waiters[inst.pid or 0] = Waiter(inst.name, None, rm)
         master = [inst.pty_master] if inst.pty_master is not None else []
         return {"ok": True, "name": inst.name, "pid": inst.pid}, master, inst.pid
 
@@ -321,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     root, run_dir = args[0], args[1]
     os.chdir("/")
-    Supervisor(Host(root, run_dir=run_dir)).serve()
+    Supervisor(Host(root, run_dir=run_dir, warm=True)).serve()
 
 
 if __name__ == "__main__":

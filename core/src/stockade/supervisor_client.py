@@ -199,14 +199,31 @@ def _try_connect(path: str) -> _socket.socket | None:
         raise
 
 
-def shutdown(run_dir: str) -> None:
-    """Ask a running supervisor to exit once it has no instance left (used by tests)."""
+def shutdown(run_dir: str, timeout: float = 15.0) -> None:
+    """Ask a running supervisor to exit once it has no instance left (used by tests).
+    If it has none, wait (up to ``timeout`` s) until it is gone: it releases what it kept
+    for the root's next instance (empty cgroup parents, spare namespaces) as it exits."""
     s = _try_connect(supervisor_socket(run_dir))
     if s is None:
         return
     with Connection(s) as conn:
         try:
             conn.send({"op": "shutdown"})
-            conn.receive()
+            reply, _ = conn.receive()
         except (ConnectionResetError, BrokenPipeError):
-            pass  # it was idling out already: the same outcome
+            return  # it was idling out already: the same outcome
+    if reply and reply.get("exiting") and reply.get("pid"):
+        _wait_exit(int(reply["pid"]), timeout)
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)

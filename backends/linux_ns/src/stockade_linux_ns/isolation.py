@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from stockade.errors import IsolationError, StateConflict
 from stockade.features import Feature, Probe, Restriction, Semantics
 from stockade.interfaces import (
+    BackendConfig,
     InstanceContext,
     IsolationBase,
     JoinFn,
@@ -60,6 +61,16 @@ class LinuxNsIsolation(IsolationBase):
     semantics: ClassVar[Semantics] = Semantics(migration="live")
     restrictions: ClassVar[frozenset[Restriction]] = _ALL_RESTRICTIONS
     relaxable: ClassVar[frozenset[Restriction]] = _ALL_RESTRICTIONS
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        from .nspool import NamespacePool
+
+        self._pool = NamespacePool() if config.warm else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
     def checkpointer(self) -> Any:
         """CRIU checkpoint/restore of this backend's instances (see docs/checkpoint.md)."""
@@ -130,6 +141,8 @@ class LinuxNsIsolation(IsolationBase):
         made_run_dir = not run_dir.exists()
         fifo_fd = -1
         attached = False
+        pool = self._pool if spec.user_namespace is None else None
+        spare = pool.take() if pool is not None else []
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             etc_binds = self._etc_files(ctx, made)
@@ -139,7 +152,7 @@ class LinuxNsIsolation(IsolationBase):
             os.mkfifo(fifo, 0o600)
             made.append(FIFO_NAME)
             fifo_fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
-            plan = self._instance_plan(ctx, stdio, etc_binds)
+            plan = self._instance_plan(ctx, stdio, etc_binds, spare)
 
             def attach(netns_path: str) -> None:
                 nonlocal attached
@@ -147,7 +160,8 @@ class LinuxNsIsolation(IsolationBase):
                 hooks[0](ctx, netns_path)
                 attached = True
 
-            pid, master = spawn.launch_instance(plan, join, fifo_fd, attach if hooks else None)
+            idle = pool.refill if pool is not None else None
+            pid, master = spawn.launch_instance(plan, join, fifo_fd, attach if hooks else None, idle)
         except BaseException as e:
             if attached and hooks is not None:
                 with contextlib.suppress(Exception):
@@ -159,6 +173,8 @@ class LinuxNsIsolation(IsolationBase):
         finally:
             if fifo_fd >= 0:
                 os.close(fifo_fd)
+            for fd, _ in spare:
+                os.close(fd)
 
         from .procid import start_time
 
@@ -335,7 +351,11 @@ class LinuxNsIsolation(IsolationBase):
         )
 
     def _instance_plan(
-        self, ctx: InstanceContext, stdio: Stdio, etc_binds: tuple[tuple[str, str], ...]
+        self,
+        ctx: InstanceContext,
+        stdio: Stdio,
+        etc_binds: tuple[tuple[str, str], ...],
+        spare: Sequence[tuple[int, int]] = (),
     ) -> Any:
         from . import rootfs, spawn, syscalls
 
@@ -360,6 +380,7 @@ class LinuxNsIsolation(IsolationBase):
                 etc_binds=etc_binds,
             ),
             ns_flags=flags,
+            enter=tuple((fd, flag) for fd, flag in spare if flags & flag),
             userns=spec.user_namespace,
             hostname=spec.effective_hostname,
             loopback_up=not host_net and spec.network.mode in ("loopback", "bridge"),

@@ -68,6 +68,7 @@ class ProcPlan:
 class InstancePlan:
     root: rootfs.RootPlan
     ns_flags: int  # namespaces to unshare after the user namespace
+    enter: tuple[tuple[int, int], ...]  # (fd, flag): of ns_flags, spares to enter instead (nspool)
     userns: UserNamespace | None
     hostname: str
     loopback_up: bool
@@ -296,15 +297,21 @@ def _recv_master(sock: Any) -> int:
 
 
 def launch_instance(
-    plan: InstancePlan, join: JoinFn, fifo_fd: int, attach: Callable[[str], None] | None
+    plan: InstancePlan,
+    join: JoinFn,
+    fifo_fd: int,
+    attach: Callable[[str], None] | None,
+    idle: Callable[[], None] | None = None,
 ) -> tuple[int, int | None]:
-    """Start PID 1, set up and waiting on ``fifo_fd``. Returns (host pid, pty master)."""
+    """Start PID 1, set up and waiting on ``fifo_fd``. Returns (host pid, pty master).
+    ``idle`` runs while PID 1 sets itself up (the caller would only wait)."""
     status_r, status_w = os.pipe2(_O_CLOEXEC)
     sync_r, sync_w = os.pipe2(_O_CLOEXEC)
     _preload(plan.proc.terminal)
     sock_p, sock_c = _socketpair() if plan.proc.terminal else (None, None)
     syscalls.set_child_subreaper()
-    child_fds = [status_w, sync_r, fifo_fd] + ([sock_c.fileno()] if sock_c is not None else [])
+    child_fds = [status_w, sync_r, fifo_fd, *(fd for fd, _ in plan.enter)]
+    child_fds += [sock_c.fileno()] if sock_c is not None else []
 
     def in_child(body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -343,6 +350,8 @@ def launch_instance(
         sock_c.close()
     ready = False
     try:
+        if idle is not None:
+            idle()
         for msg in _messages(status_r):
             if msg == "userns":
                 assert plan.userns is not None and launcher is not None
@@ -491,7 +500,12 @@ def _pid1(  # noqa: PLR0917
         _dup_stdio(plan.proc.stdio)
     _keep_only_fds(keep)
     # pid and user namespaces are the forker's; cgroup comes last (below).
-    syscalls.unshare(plan.ns_flags & ~(syscalls.CLONE_NEWPID | syscalls.CLONE_NEWCGROUP))
+    entered = 0
+    for fd, flag in plan.enter:
+        syscalls.setns(fd, flag, "a spare namespace")
+        os.close(fd)
+        entered |= flag
+    syscalls.unshare(plan.ns_flags & ~(syscalls.CLONE_NEWPID | syscalls.CLONE_NEWCGROUP | entered))
     if plan.loopback_up:
         loopback_up()
     os.umask(0o022)

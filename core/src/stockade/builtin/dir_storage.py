@@ -149,13 +149,14 @@ def remove_tree(path: Path) -> bool:
     return True
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+def write_json_atomic(path: Path, data: Mapping[str, Any], *, durable: bool = True) -> None:
     tmp = path.with_name(f"{_TMP}{os.getpid()}-{os.urandom(4).hex()}-{path.name}")
     try:
         with open(tmp, "w") as f:
             f.write(json.dumps(data, separators=(",", ":")))  # the C encoder: dump() is pure Python
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -332,7 +333,7 @@ class FileTreeStorage(StorageBase):
         return meta
 
     def _save(self, ctx: InstanceContext, meta: dict[str, Any]) -> None:
-        write_json_atomic(self.instance_dir(ctx) / META, meta)
+        write_json_atomic(self.instance_dir(ctx) / META, meta, durable=ctx.durable)
         bag = ctx.bag("storage")
         bag.clear()
         bag.update(json.loads(json.dumps(meta)))  # a copy the Host can persist as is
