@@ -103,3 +103,78 @@ def test_liars_fail(outcomes: dict[str, dict[str, list[dict[str, Any]]]]) -> Non
     assert cell(outcomes, row, "cpu_quota") == {"not supported"}
     mem = outcomes[row]["memory_limit"][0]["why"]
     assert "not enforced" in mem
+
+
+def test_option_words_round_trip() -> None:
+    from stockade.testing.declared import option_words, options_of, parse_option
+
+    opts = options_of(["overlay.quota_fs=btrfs", "cgroup.cgroup_timeout=2.5", "zfs.parent=tank/x"])
+    assert opts == {
+        "overlay": {"quota_fs": "btrfs"},
+        "cgroup": {"cgroup_timeout": 2.5},
+        "zfs": {"parent": "tank/x"},
+    }
+    assert options_of(option_words(opts)) == opts
+    for bad in ("quota_fs=btrfs", "overlay.quota_fs", ".x=1", "overlay.=1"):
+        with pytest.raises(ValueError, match="BACKEND.KEY=VALUE"):
+            parse_option(bad)
+
+
+def test_backend_options_reach_the_suite(tmp_path: Path) -> None:
+    """--stockade-option (what `stockade conformance --option` passes) builds the backends
+    with it: overlay's disk-quota mode declares and passes disk quota, and the row says so."""
+    (tmp_path / "test_one.py").write_text(
+        "from stockade.testing import ConformanceSuite\n\nclass TestOne(ConformanceSuite):\n    pass\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    results = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "stockade.testing",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            str(tmp_path / "pytest.ini"),
+            "--rootdir",
+            str(tmp_path),
+            "-q",
+            "-k",
+            "test_disk_quota",
+            "--stockade-isolation=linux_ns",
+            "--stockade-quota=cgroup",
+            "--stockade-storage=overlay",
+            "--stockade-option=overlay.quota_fs=btrfs",
+            f"--stockade-results={results}",
+            str(tmp_path / "test_one.py"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert results.exists(), proc.stdout[-3000:] + proc.stderr[-2000:]
+    data = json.loads(results.read_text())
+    (subject,) = data["subjects"].values()
+    assert subject["label"] == "linux_ns+cgroup+overlay (overlay.quota_fs=btrfs)"
+    outcomes = {r["outcome"] for r in data["records"] if r["column"] == "disk_quota"}
+    if outcomes == {"cannot run here"}:
+        pytest.skip(f"no loop-backed btrfs here: {data['records']}")
+    assert outcomes == {"pass"}, proc.stdout[-3000:]
+
+
+def test_conformance_cli_refuses_a_malformed_option() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "stockade", "conformance", "--option", "quota_fs=btrfs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines() == [
+        "stockade: error: --option: backend option 'quota_fs=btrfs': write BACKEND.KEY=VALUE, "
+        "e.g. overlay.quota_fs=btrfs"
+    ]

@@ -19,6 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--quota", metavar="NAME", help="only this quota backend")
     p.add_argument("--storage", metavar="NAME", help="only this storage backend")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="BACKEND.KEY=VALUE",
+        help="a backend option (repeatable), e.g. overlay.quota_fs=btrfs; VALUE is JSON or a string",
+    )
     p.add_argument("--report", choices=("md", "json"), default="md", help="matrix format (default md)")
     p.add_argument("--output", "-o", metavar="FILE", help="write the matrix here (default: stdout)")
 
@@ -26,12 +33,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_conformance(ns: argparse.Namespace, host: Host) -> int:
     """Exit 0 if every declared feature held, 1 if one failed."""
     try:
+        from ..testing.declared import options_of
         from ..testing.matrix import Matrix
         from ..testing.runner import combinations, run_combination
     except ImportError as e:
         raise StockadeError(
             f"the conformance suite needs pytest ({e.name} is missing): install stockade with pytest"
         ) from e
+    try:
+        options_of(ns.option)
+    except ValueError as e:
+        raise StockadeError(f"--option: {e}") from None
+    extra = [f"--stockade-option={word}" for word in ns.option]
 
     combos = combinations(
         host.plugins,
@@ -50,13 +63,15 @@ def cmd_conformance(ns: argparse.Namespace, host: Host) -> int:
     for combo in combos:
         echo(f"{combo.label}: running the conformance suite")
         try:
-            runs.append(run_combination(combo, parent=ns.root, echo=echo))
+            runs.append(run_combination(combo, parent=ns.root, pytest_args=extra, echo=echo))
         except (RuntimeError, OSError) as e:
             raise StockadeError(f"conformance run of {combo.label} failed: {e}") from e
     argv = ["stockade", "conformance"]
     for flag in ("isolation", "quota", "storage"):
         if getattr(ns, flag):
             argv += [f"--{flag}", getattr(ns, flag)]
+    for word in ns.option:
+        argv += ["--option", word]
     argv += ["--report", ns.report]
     matrix = Matrix.from_results(runs, command=shlex.join(argv))
     text = matrix.to_markdown() if ns.report == "md" else matrix.to_json()

@@ -6,7 +6,9 @@ reported as such even on a machine where the backend cannot run at all.
 
 from __future__ import annotations
 
+import json
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +33,9 @@ class Declared:
 
     @property
     def label(self) -> str:
-        return "+".join(self.name(k) for k in KINDS)
+        base = "+".join(self.name(k) for k in KINDS)
+        opts = option_words(self.choice.options)
+        return f"{base} ({' '.join(opts)})" if opts else base
 
     def known(self) -> bool:
         return all(self.classes.get(k) is not None for k in KINDS)
@@ -97,3 +101,34 @@ def declared_of(choice: BackendChoice) -> Declared:
             classes[kind] = None
             problems[kind] = str(e)
     return Declared(choice, classes, problems)
+
+
+def option_words(options: Mapping[str, Mapping[str, object]]) -> list[str]:
+    """``BACKEND.KEY=VALUE`` words for backend options, as ``--option`` takes them."""
+    return [
+        f"{b}.{k}={v if isinstance(v, str) else json.dumps(v)}"
+        for b, opts in sorted(options.items())
+        for k, v in sorted(opts.items())
+    ]
+
+
+def parse_option(word: str) -> tuple[str, str, object]:
+    """``BACKEND.KEY=VALUE`` -> (backend, key, value); VALUE is JSON if it parses as JSON
+    (numbers, true/false, lists), else the string itself."""
+    name, eq, raw = word.partition("=")
+    backend, dot, key = name.partition(".")
+    if not eq or not dot or not backend or not key:
+        raise ValueError(f"backend option {word!r}: write BACKEND.KEY=VALUE, e.g. overlay.quota_fs=btrfs")
+    try:
+        value: object = json.loads(raw)
+    except ValueError:
+        value = raw
+    return backend, key, value
+
+
+def options_of(words: Iterable[str]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for word in words:
+        backend, key, value = parse_option(word)
+        out.setdefault(backend, {})[key] = value
+    return out

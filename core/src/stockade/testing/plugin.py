@@ -15,7 +15,7 @@ import pytest
 
 from ..features import Feature, Restriction
 from ..host import Host
-from .declared import Declared, declared_of
+from .declared import Declared, declared_of, options_of
 from .outcomes import Outcome, classify_skip, not_supported
 from .subject import BackendChoice, Subject, build_subject, destroy_root
 
@@ -34,6 +34,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             metavar="NAME",
             help=f"{kind} backend under test (default: the best one that can run here)",
         )
+    group.addoption(
+        "--stockade-option",
+        action="append",
+        default=[],
+        metavar="BACKEND.KEY=VALUE",
+        help="a backend option (repeatable), e.g. overlay.quota_fs=btrfs; VALUE is JSON or a string",
+    )
     group.addoption(
         "--stockade-root",
         default=None,
@@ -78,8 +85,15 @@ def stockade_backends(request: pytest.FixtureRequest) -> BackendChoice:
         value = request.config.getoption(name, default=None)
         return str(value) if value else None
 
+    try:
+        options = options_of(request.config.getoption("stockade_option", default=None) or [])
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
     return BackendChoice(
-        isolation=opt("stockade_isolation"), quota=opt("stockade_quota"), storage=opt("stockade_storage")
+        isolation=opt("stockade_isolation"),
+        quota=opt("stockade_quota"),
+        storage=opt("stockade_storage"),
+        options=options,
     )
 
 
