@@ -49,7 +49,7 @@ int main(int c, char **v) {
     }
 }
 """
-CRIU_DIR = "/opt/stockade-criu/sbin"
+CRIU = "/opt/stockade-criu/sbin/criu"  # scripts/setup-criu.sh's build: stockade and runc both use it
 
 
 def build(work: Path) -> Path:
@@ -190,7 +190,7 @@ def bench_runc(bindir: Path, mib: int, work: Path) -> dict[str, float]:
     env = dict(os.environ)
     cid = f"stockade-bench-{os.getpid()}-{mib}"
     rroot = str(work / "runc-root")
-    runc = ["runc", "--root", rroot, "--criu", f"{CRIU_DIR}/criu"]
+    runc = ["runc", "--root", rroot, "--criu", CRIU]
     out: dict[str, float] = {}
     try:
         subprocess.run(
@@ -248,8 +248,11 @@ def main() -> None:
     only = [k for k in args.only.split(",") if k]
     if unknown := [k for k in only if k not in ROWS]:
         ap.error(f"--only: unknown rows {unknown}; use {','.join(ROWS)}")
+    # stockade takes $STOCKADE_CRIU first: the same binary as runc's --criu, whatever else is on PATH
+    os.environ["STOCKADE_CRIU"] = CRIU
     from stockade_linux_ns.checkpoint import CriuCheckpointer
 
+    print("criu:", CriuCheckpointer().version(), CRIU)
     why_not = CriuCheckpointer().live_problems()
     for k in only:
         cap = LIVE.get(k, ("", ""))[1]
@@ -261,8 +264,12 @@ def main() -> None:
         rows = []
         for mib in [int(s) for s in args.sizes.split(",")]:
             runs: dict[str, list[dict[str, float]]] = {k: [] for k in only}
-            for _ in range(args.repeat):
-                for k in only:
+            for rep in range(args.repeat):
+                # Alternated run by run, and the page cache written back first: a checkpoint is
+                # mostly criu writing pages, and the last run's images still being written back
+                # (or discarded) made single runs swing 200-750 ms.
+                for k in only if rep % 2 == 0 else only[::-1]:
+                    os.sync()
                     if k == "stockade":
                         runs[k].append(bench_stockade(bindir, mib, work))
                     elif k == "runc":
@@ -274,6 +281,9 @@ def main() -> None:
                         runs[k].append(bench_migrate(bindir, mib, work, "cold", verbose=args.verbose))
                     elif not (LIVE[k][1] and why_not[LIVE[k][1]]):
                         runs[k].append(bench_migrate(bindir, mib, work, "live", LIVE[k][0], args.verbose))
+                    if args.verbose and k in ("stockade", "runc") and runs[k]:
+                        vals = " ".join(f"{f}={v * 1000:.0f}" for f, v in runs[k][-1].items())
+                        print(f"  {k} {mib} MiB: {vals}")
 
             def med(k: str, f: str, runs: dict[str, list[dict[str, float]]] = runs) -> str:
                 v = [r[f] for r in runs[k] if f in r]

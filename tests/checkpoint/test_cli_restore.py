@@ -37,15 +37,25 @@ def _status(root: Path, name: str) -> dict[str, object]:
     return next(r for r in rows if r["name"] == name)
 
 
+def _counter(root: Path, name: str) -> int:
+    # The loop's `echo > /tmp/c` truncates before it writes: a read can fall in between.
+    for _ in range(20):
+        out = _cli(root, "exec", name, "--", "cat", "/tmp/c").stdout.strip()
+        if out:
+            return int(out)
+        time.sleep(0.01)
+    raise AssertionError(f"{name}: /tmp/c stays empty")
+
+
 def test_restored_instance_exit_is_recorded(root_dir: Path, tmp_path: Path) -> None:
     _cli(root_dir, "run", "-d", "--name", "loop", "--", "sh", "-c", LOOP)
     time.sleep(0.3)
     _cli(root_dir, "checkpoint", "loop", str(tmp_path / "ck"))
     out = _cli(root_dir, "restore", str(tmp_path / "ck"), "--name", "back").stdout
     assert out.startswith("restored back (pid ")
-    before = int(_cli(root_dir, "exec", "back", "--", "cat", "/tmp/c").stdout)
+    before = _counter(root_dir, "back")
     time.sleep(0.2)
-    assert int(_cli(root_dir, "exec", "back", "--", "cat", "/tmp/c").stdout) > before  # it runs on
+    assert _counter(root_dir, "back") > before  # it runs on
     _cli(root_dir, "exec", "back", "--", "touch", "/tmp/stop")
     deadline = time.monotonic() + 20
     while _status(root_dir, "back")["status"] != "stopped" and time.monotonic() < deadline:

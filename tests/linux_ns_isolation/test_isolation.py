@@ -379,3 +379,35 @@ def test_bad_relaxation_errno_is_eperm_not_enosys() -> None:
 
     assert "clone3" not in seccomp.denied_calls(frozenset())
     assert errno.EPERM == 1
+
+
+def test_masks_share_one_read_only_tmpfs_and_dev_shm_is_hardened(instances: Instances) -> None:
+    """Directory masks are one empty read-only tmpfs (binds of the first: CRIU archives each
+    tmpfs on checkpoint and restore); /dev/shm is a nosuid, nodev, noexec bind inside /dev's
+    tmpfs, writable by all (sticky) and holding what is written to it."""
+    code, out = instances.run(
+        process={
+            "args": [
+                "sh",
+                "-c",
+                "cat /proc/self/mountinfo; echo ==; ls -A /sys/firmware /proc/acpi; "
+                "touch /sys/firmware/x 2>&1; echo data > /dev/shm/f && cat /dev/shm/f; "
+                "cp /bin/busybox /dev/shm/bb && /dev/shm/bb true 2>&1; echo exec=$?; stat -c %a /dev/shm",
+            ]
+        }
+    )
+    assert code == 0, out
+    info, rest = out.split("==\n", 1)
+    mounts = {f[4]: f for f in (line.split() for line in info.splitlines())}
+    masks = [mounts[p] for p in ("/sys/firmware", "/proc/acpi") if p in mounts]
+    assert masks, info
+    assert len({m[2] for m in masks}) == 1, masks  # one super block (major:minor)
+    for m in masks:
+        sep = m.index("-")
+        assert m[sep + 1] == "tmpfs" and "ro" in m[5].split(",") and "ro" in m[sep + 3].split(","), m
+    shm, dev = mounts["/dev/shm"], mounts["/dev"]
+    assert shm[2] == dev[2] and shm[3] == "/shm", (shm, dev)
+    assert {"nosuid", "nodev", "noexec"} <= set(shm[5].split(",")), shm
+    assert "Read-only file system" in rest
+    assert "data" in rest.splitlines()
+    assert "exec=126" in rest and rest.splitlines()[-1] == "1777", rest

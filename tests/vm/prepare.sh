@@ -107,7 +107,7 @@ chroot "$ROOT" env INITRD=No apt-get install -y -qq --no-install-recommends \
   "linux-image-$KVER" "linux-headers-$KVER" dkms build-essential \
   "zfs-dkms=$ZVER" "zfsutils-linux=$ZVER" "libzfslinux-dev=$ZVER" \
   python3 python3-cffi python3-pytest python3-pluggy busybox-static \
-  kmod iproute2 procps util-linux mount e2fsprogs psmisc libnftables1 libseccomp2 criu \
+  kmod iproute2 procps util-linux mount e2fsprogs btrfs-progs psmisc libnftables1 libseccomp2 criu \
   > "$WORK/apt.log" 2>&1 \
   || { tail -30 "$WORK/apt.log" >&2; exit 1; }
 if ! ls "$ROOT/lib/modules/$KVER/updates/dkms/zfs.ko"* >/dev/null 2>&1; then

@@ -41,6 +41,10 @@ FORMAT_VERSION = 1
 class LazyPagesDaemon(Protocol):
     """The target's side of post-copy: serves the restored tree's missing pages until all are in."""
 
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until a restore can connect to it (it starts in the background); raises if it failed."""
+        ...
+
     def wait(self, timeout: float | None = None) -> None:
         """Until every page has arrived; raises if it failed, TimeoutError if still going."""
         ...
@@ -74,10 +78,12 @@ class Checkpointer(Protocol):
         lazy_ps_fd: int | None = None,
         parent: str | None = None,
         on_images: Callable[[], None] | None = None,
+        on_freeze: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Dump into ``images``. ``lazy_ps_fd`` (post-copy): memory is served on that connected
         socket after ``on_images`` and the call returns once the peer has all of it.
-        ``parent`` (pre-copy): the last pre-dump, relative to ``images``."""
+        ``parent`` (pre-copy): the last pre-dump, relative to ``images``. ``on_freeze``: called
+        when the instance is about to be frozen (the downtime starts there)."""
         ...
 
     def pre_dump(self, ctx: InstanceContext, images: Path, *, parent: str | None = None) -> dict[str, Any]:
@@ -262,12 +268,15 @@ def restore(
     leave_stopped: bool = False,
     boot: bool = False,
     start_cold: bool = True,
+    before_restore: Callable[[], None] | None = None,
 ) -> Instance:
     """Restore the checkpoint in ``directory`` as a new running instance (named ``name``).
 
     ``fill_storage`` (for migration) writes the root file system instead of the directory's
     ``rootfs.*.tar``; ``manifest`` replaces the directory's stockade.json. ``boot`` starts
     the spec's command afresh on the moved file system instead (cold migration).
+    ``before_restore`` runs when all but the processes is ready (post-copy: waits for the
+    lazy-pages daemon, which started in the background).
     """
     from .host import Instance, _unwind
 
@@ -320,6 +329,8 @@ def restore(
                 if start_cold:
                     iso.start(ctx)
             else:
+                if before_restore is not None:
+                    before_restore()
                 spawned = cp.restore(
                     ctx, d / IMAGES, join, stdout_path=log, lazy=lazy, leave_stopped=leave_stopped
                 )

@@ -425,7 +425,14 @@ def _send_dir(chan: Channel, d: Path, dirname: str, adv: Callable[[int], None] |
 class _LazyDump:
     """A post-copy dump running in its own thread: criu returns only once the pages are served."""
 
-    def __init__(self, cp: Checkpointer, ctx: InstanceContext, images: Path, chan: Channel) -> None:
+    def __init__(
+        self,
+        cp: Checkpointer,
+        ctx: InstanceContext,
+        images: Path,
+        chan: Channel,
+        on_freeze: Callable[[], None] | None = None,
+    ) -> None:
         criu_end, ours = socket.socketpair()
         self.criu_end = criu_end
         self.tunnel = Tunnel(chan, ours)
@@ -442,6 +449,7 @@ class _LazyDump:
                     leave_stopped=True,
                     lazy_ps_fd=criu_end.fileno(),
                     on_images=self.images_ready.set,
+                    on_freeze=on_freeze,
                 )
             except BaseException as e:
                 self.error = e
@@ -529,6 +537,11 @@ def migrate(
     lazy: _LazyDump | None = None
     t_freeze = t_running = 0.0
     images_bytes = storage_bytes = pages_bytes = 0
+    frozen: list[float] = []  # when the checkpointer froze the instance (after its start-up)
+
+    def froze() -> None:
+        frozen.append(time.monotonic())
+
     try:
         if cp is None:
             t_freeze = time.monotonic()
@@ -540,16 +553,20 @@ def migrate(
             if cp is not None and how == "pre-copy":
                 with _progress(progress, None, "pre-copy") as adv:
                     parent, pages_bytes = _pre_copy(cp, ctx, tmp, chan, adv=adv, steps=steps)
-            if cp is not None and how == "post-copy":
-                t_freeze = time.monotonic()
-                lazy = _LazyDump(cp, ctx, images, chan)
-                lazy.wait_images()
-                steps["dump_s"] = time.monotonic() - t_freeze
-            elif cp is not None:
-                t_freeze = time.monotonic()
-                cp.checkpoint(ctx, images, leave_running=True, leave_stopped=True, parent=parent)
-                steps["dump_s"] = time.monotonic() - t_freeze
             if cp is not None:
+                t_call = time.monotonic()
+                if how == "post-copy":
+                    lazy = _LazyDump(cp, ctx, images, chan, on_freeze=froze)
+                    lazy.wait_images()
+                else:
+                    cp.checkpoint(
+                        ctx, images, leave_running=True, leave_stopped=True, parent=parent, on_freeze=froze
+                    )
+                # The downtime starts at the freeze; a checkpointer that does not say when
+                # it froze is taken to have frozen at the call.
+                t_freeze = frozen[-1] if frozen else t_call
+                steps["dump_start_s"] = t_freeze - t_call
+                steps["dump_s"] = time.monotonic() - t_freeze
                 _fault("source", "dump")
                 total = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
                 with _progress(progress, total, "images") as adv:
@@ -604,7 +621,12 @@ def migrate(
             if cp is not None:
                 with contextlib.suppress(Exception):  # the migration's own error is the one to raise
                     checkpointing.unlock_network(cp, ctx)
-                _resume(pids)
+                # Also those born after ``pids`` was read (the tree ran until the freeze): a
+                # stopped child left behind stalls a parent that waits for it.
+                fresh: list[int] = []
+                with contextlib.suppress(Exception):
+                    fresh = quota.pids(ctx)
+                _resume(sorted(set(pids) | set(fresh)))
             elif stopped_source:
                 with contextlib.suppress(StockadeError):
                     inst.start()
@@ -774,7 +796,9 @@ def serve(host: Host, chan: Channel) -> Instance:
             raise MigrationError(f"protocol error: unexpected {msg.get('op')!r}")
         _fault("target", "images")
         if cp is not None and how == "post-copy":
-            # Started now, so its start-up overlaps the file system transfer.
+            # Started now and not waited for until the restore needs it: its start-up (criu's
+            # kernel probing, ~30-40 ms here) overlaps the file system transfer and the
+            # target's storage, groups and network.
             daemon_end, ours = socket.socketpair()
             try:
                 tunnel = Tunnel(chan, ours)
@@ -803,6 +827,7 @@ def serve(host: Host, chan: Channel) -> Instance:
             leave_stopped=True,
             boot=(mode == "cold"),
             start_cold=False,
+            before_restore=daemon.wait_ready if daemon is not None else None,
         )
         try:
             _fault("target", "restore")

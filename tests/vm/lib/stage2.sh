@@ -69,6 +69,11 @@ case "${CG:-v2}" in
     fi ;;
 esac
 
+# overlay's disk-quota mode puts uppers on a loop-backed btrfs (its conformance class, and
+# with cgroup v2 the io.max limits on that loop device)
+modprobe -q loop
+modprobe -q btrfs || say "modprobe btrfs failed"
+
 if [ "$(arg stockade.zfs)" = 1 ]; then
   modprobe zfs || say "modprobe zfs failed"
 fi

@@ -222,8 +222,9 @@ def setup(plan: RootPlan) -> None:
     for m in plan.mounts:
         _spec_mount(root, m)
 
+    masked_dir: str | None = None
     for path in MASKED_PATHS:
-        _mask(secure_join(root, path))
+        masked_dir = _mask(secure_join(root, path), masked_dir)
     for path in READONLY_PATHS:
         if plan.sysctl_writable and path == "/proc/sys":
             continue
@@ -256,15 +257,26 @@ def _spec_mount(root: str, m: Mount) -> None:
         remount(target, flags)
 
 
-def _mask(path: str) -> None:
+def _mask(path: str, masked_dir: str | None) -> str | None:
+    """Hide ``path`` (a file behind /dev/null, a directory behind an empty read-only
+    tmpfs); returns the directory mask that later ones share.
+
+    Every directory mask is a bind of one tmpfs, not a tmpfs each: CRIU archives each tmpfs
+    super block with tar and gzip on checkpoint and again on restore (~5-15 ms a time, in a
+    live migration's downtime), and a bind of the first costs nothing."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        linux.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=555")
-    else:
+        return masked_dir
+    if not stat.S_ISDIR(st.st_mode):
         linux.mount("/dev/null", path, None, MS_BIND)
+        return masked_dir
+    if masked_dir is None:
+        linux.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=555")
+        return path
+    # its flags (read-only, nosuid, nodev, noexec) come with it; the super block is read-only
+    linux.mount(masked_dir, path, None, MS_BIND)
+    return masked_dir
 
 
 def _setup_dev(root: str, userns: bool) -> None:
@@ -284,9 +296,15 @@ def _setup_dev(root: str, userns: bool) -> None:
     os.mkdir(pts, 0o755)
     pts_opts = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
     linux.mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC, pts_opts)
+    # /dev/shm is a directory of /dev's tmpfs, bound onto itself to be nosuid, nodev and
+    # noexec, not a tmpfs of its own: CRIU archives every tmpfs super block with tar and gzip
+    # on checkpoint and again on restore (~5-15 ms each, in a live migration's downtime).
+    # It shares /dev's 64 MiB, which holds nothing else of size.
     shm = os.path.join(dev, "shm")
-    os.mkdir(shm, 0o1777)
-    linux.mount("shm", shm, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    os.mkdir(shm)
+    os.chmod(shm, 0o1777)
+    linux.mount(shm, shm, None, MS_BIND)
+    remount(shm, MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mq = os.path.join(dev, "mqueue")
     os.mkdir(mq, 0o755)
     linux.mount("mqueue", mq, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -73,6 +73,7 @@ class CriuCheckpointer:
         lazy_ps_fd: int | None = None,
         parent: str | None = None,
         on_images: Callable[[], None] | None = None,
+        on_freeze: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         from .driver import dump
 
@@ -84,6 +85,7 @@ class CriuCheckpointer:
             lazy_ps_fd=lazy_ps_fd,
             parent=parent,
             on_images=on_images,
+            on_freeze=on_freeze,
         )
         return {"freeze_s": r.freeze_s, "pages_bytes": r.pages_bytes, "images_bytes": r.images_bytes}
 

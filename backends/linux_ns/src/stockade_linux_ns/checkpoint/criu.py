@@ -19,7 +19,7 @@ from typing import Any
 
 from stockade.errors import IsolationError, Unavailable
 
-from . import pb
+from . import kdat, pb
 
 DEFAULT_PREFIX = Path("/opt/stockade-criu")
 # 3.17 (Debian 12's) fails `criu check` on kernels >= 6.13 (the vDSO split, fixed in 4.1); on
@@ -126,6 +126,7 @@ def _check(binary: str) -> tuple[bool, str]:
             p = subprocess.run([binary, "check"], capture_output=True, text=True, timeout=60, check=False)
             if p.returncode == 0:
                 res = (True, "")
+                kdat.ensure(binary)
             else:
                 lines = [ln.strip() for ln in (p.stderr + p.stdout).splitlines() if ln.strip()]
                 errs = [ln for ln in lines if "rror" in ln] or lines
