@@ -38,10 +38,10 @@ class TestLiars(ConformanceSuite):
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the conformance suite runs instances: needs root")
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    d = tmp_path_factory.mktemp("suite")
-    (d / "test_backends.py").write_text(MODULE.format(here=str(HERE)))
+def run_suite(d: Path, module: str, *args: str) -> dict[str, Any]:
+    """Run the suite in a pytest subprocess on ``module`` (a test module's text) in ``d``;
+    the outcomes it records (--stockade-results), asserted to exist."""
+    (d / "test_backends.py").write_text(module)
     (d / "pytest.ini").write_text("[pytest]\n")
     results = d / "results.json"
     proc = subprocess.run(
@@ -59,6 +59,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, li
             str(d),
             "-q",
             f"--stockade-results={results}",
+            *args,
             str(d / "test_backends.py"),
         ],
         cwd=d,
@@ -67,7 +68,13 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, li
         timeout=600,
     )
     assert results.exists(), proc.stdout[-3000:] + proc.stderr[-2000:]
-    data = json.loads(results.read_text())
+    data: dict[str, Any] = json.loads(results.read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    data = run_suite(tmp_path_factory.mktemp("suite"), MODULE.format(here=str(HERE)))
     by: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for rec in data["records"]:
         label = data["subjects"][rec["class"]]["label"]
@@ -123,47 +130,22 @@ def test_option_words_round_trip() -> None:
 def test_backend_options_reach_the_suite(tmp_path: Path) -> None:
     """--stockade-option (what `stockade conformance --option` passes) builds the backends
     with it: overlay's disk-quota mode declares and passes disk quota, and the row says so."""
-    (tmp_path / "test_one.py").write_text(
-        "from stockade.testing import ConformanceSuite\n\nclass TestOne(ConformanceSuite):\n    pass\n"
+    data = run_suite(
+        tmp_path,
+        "from stockade.testing import ConformanceSuite\n\nclass TestOne(ConformanceSuite):\n    pass\n",
+        "-k",
+        "test_disk_quota",
+        "--stockade-isolation=linux_ns",
+        "--stockade-quota=cgroup",
+        "--stockade-storage=overlay",
+        "--stockade-option=overlay.quota_fs=btrfs",
     )
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    results = tmp_path / "results.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "stockade.testing",
-            "-p",
-            "no:cacheprovider",
-            "-c",
-            str(tmp_path / "pytest.ini"),
-            "--rootdir",
-            str(tmp_path),
-            "-q",
-            "-k",
-            "test_disk_quota",
-            "--stockade-isolation=linux_ns",
-            "--stockade-quota=cgroup",
-            "--stockade-storage=overlay",
-            "--stockade-option=overlay.quota_fs=btrfs",
-            f"--stockade-results={results}",
-            str(tmp_path / "test_one.py"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert results.exists(), proc.stdout[-3000:] + proc.stderr[-2000:]
-    data = json.loads(results.read_text())
     (subject,) = data["subjects"].values()
     assert subject["label"] == "linux_ns+cgroup+overlay (overlay.quota_fs=btrfs)"
     outcomes = {r["outcome"] for r in data["records"] if r["column"] == "disk_quota"}
     if outcomes == {"cannot run here"}:
         pytest.skip(f"no loop-backed btrfs here: {data['records']}")
-    assert outcomes == {"pass"}, proc.stdout[-3000:]
+    assert outcomes == {"pass"}, data["records"]
 
 
 def test_conformance_cli_refuses_a_malformed_option() -> None:
