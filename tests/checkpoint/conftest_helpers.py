@@ -67,9 +67,15 @@ def start_counter(host: Any, name: str, tmp: Path, big: bool = False) -> Any:
 
 
 def read_counter(inst: Any) -> int:
-    r = inst.run(["cat", "/tmp/c"])
-    assert r.exit_status == 0, r
-    return int(r.stdout.strip() or 0)
+    """The counter's value; the shell truncates /tmp/c before each write, so a read can
+    find it empty for a moment: read again then."""
+    deadline = time.monotonic() + 5
+    while True:
+        r = inst.run(["cat", "/tmp/c"])
+        assert r.exit_status == 0, r
+        if r.stdout.strip() or time.monotonic() > deadline:
+            return int(r.stdout.strip() or 0)
+        time.sleep(0.01)
 
 
 def wait_counter_past(inst: Any, n: int, timeout: float = 10) -> int:

@@ -1,19 +1,23 @@
 """Checkpoint/restore on the ``dir`` storage, and of instances holding TCP sockets.
 
-All TCP traffic here stays on the loopback of the instance's own network namespace
-(network mode ``loopback``): server and client both run inside the instance.
+TCP traffic here stays on the loopback of the instance's own network namespace (network
+mode ``loopback``: server and client both run inside the instance), or between two
+instances the test made, on a bridge network of its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest_helpers import start_counter, start_instance, wait_counter_past
-from stockade import Host, checkpointing
+from stockade import Host, checkpointing, migrate
 from stockade_linux_ns.checkpoint import criu
 from stockade_linux_ns.checkpoint.inventory import MountInfo, external_mounts
 
@@ -209,3 +213,78 @@ def test_socket_probe_names_the_cause() -> None:
         assert criu.socket_problem(kind) == why
     with pytest.raises(ValueError, match="not 'listen'"):
         criu.socket_problem("udp")
+
+
+# --- TCP to another instance, across a live migration --------------------------------------
+
+FABRIC = "10.233.71.0/24"  # TEST-only subnet; both hosts' bridges share it through a veth
+
+
+def _stockade(root: Path, *args: str, netns_pid: int | None = None) -> str:
+    cmd = [sys.executable, "-m", "stockade", "--root", str(root), *args]
+    if netns_pid is not None:
+        cmd = ["nsenter", f"--net=/proc/{netns_pid}/ns/net", "--", *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+    return r.stdout
+
+
+def _bridge(root: Path, netns_pid: int | None = None) -> str:
+    return str(json.loads(_stockade(root, "network", "inspect", "fab", netns_pid=netns_pid))["bridge"])
+
+
+def test_tcp_connection_to_another_instance_survives_live_migration(
+    host: Any, remote_target: Any, tmp_path: Path
+) -> None:
+    """Instance A streams 1, 2, 3, ... over TCP to instance B on one network; A migrates
+    live to a host in another network namespace whose bridge is on the same L2 segment (a
+    veth joins the two hosts' bridges, as a data-centre fabric would). A keeps its address
+    and MAC there, so B's stream goes on over the same connection: nothing lost, repeated
+    or restarted. Traffic stays between the test's own namespaces."""
+    _need("established")
+    target = remote_target()
+    tpid = target.proc.pid  # migrate-receive, in the target host's network namespace
+    _stockade(host.root, "network", "create", "fab", "--subnet", FABRIC)
+    _stockade(target.root, "network", "create", "fab", "--subnet", FABRIC, netns_pid=tpid)
+    src_br, dst_br = _bridge(host.root), _bridge(target.root, tpid)
+    link = f"stkfab{os.getpid() % 100000}"
+    subprocess.run(
+        ["ip", "link", "add", link, "type", "veth", "peer", "name", "stkfab-peer", "netns", str(tpid)],
+        check=True,
+    )
+    try:
+        subprocess.run(["ip", "link", "set", link, *up_on(src_br)], check=True)
+        subprocess.run(
+            ["nsenter", f"--net=/proc/{tpid}/ns/net", "ip", "link", "set", "stkfab-peer", *up_on(dst_br)],
+            check=True,
+        )
+        net = {"network": {"mode": "bridge", "network": "fab"}}
+        server = f"sleep 1000000 | nc -l -p {PORT} > /tmp/recv"
+        b = start_instance(host, "peer", tmp_path, ["sh", "-c", server], **net)
+        b_ip = b.state.data["network"]["ipv4"]
+        assert b.run(["sh", "-c", WAIT_LISTEN], timeout=10).exit_status == 0
+        client = f"i=0; while true; do i=$((i+1)); echo $i; sleep 0.02; done | nc {b_ip} {PORT}"
+        a = start_instance(host, "talker", tmp_path, ["sh", "-c", client], **net)
+        a_net = dict(a.state.data["network"])
+        got = _wait_received(b, 20)
+        assert got and got[-1] > 20, got
+        rep = migrate.migrate(a, migrate.Channel.of_socket(target.sock), mode="live")
+        moved = Host(target.root).get("talker")
+        assert moved.status == "running"
+        assert {k: moved.state.data["network"][k] for k in ("ipv4", "mac")} == {
+            k: a_net[k] for k in ("ipv4", "mac")
+        }
+        after = _wait_received(b, got[-1] + 50, timeout=20)
+        assert after[-1] > got[-1] + 50, (rep.method, got[-1], after[-1:])
+        # one connection throughout: a new one would have started again at 1
+        assert after == list(range(1, len(after) + 1)), after[:5]
+    finally:
+        subprocess.run(["ip", "link", "del", link], check=False)
+        # the target's network goes with its namespace; the source's is ours to remove
+        for inst in host.instances():
+            inst.delete(force=True)
+        _stockade(host.root, "network", "delete", "fab")
+
+
+def up_on(bridge: str) -> list[str]:
+    return ["master", bridge, "up"]

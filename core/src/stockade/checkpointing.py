@@ -157,6 +157,9 @@ def manifest_of(inst: Instance, storage_format: str, checkpointer: Checkpointer)
         "checkpointer": checkpointer.name,
         "checkpointer_version": checkpointer.version(),
         "created": time.time(),
+        # where it was on its network: a restore gets the same addresses (and MAC) where
+        # they are free, so that its TCP connections carry on
+        "network": {k: v for k, v in st.data.get("network", {}).items() if k in ("ipv4", "ipv6", "mac")},
     }
 
 
@@ -295,6 +298,8 @@ def restore(
     with host.store.lock(spec.name):
         host.store.reserve(st)
         ctx = host._ctx(st, spec)
+        if m.get("network") and not boot:
+            ctx.data["network_wanted"] = dict(m["network"])
         undo: list[Callable[[], None]] = [lambda: host.store.remove(spec.name)]
         try:
             ctx.run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import os
 import socket
 import time
 from typing import Any
@@ -113,13 +114,17 @@ def attach_instance_network(ctx: InstanceContext, netns_path: str) -> None:
         defn = nets._ensure_locked(name)
         leases = nets.store.leases(name)
         previous = leases.pop(ctx.id, None) or {}  # a restart keeps its addresses
-        addrs = ipam.allocate(
-            [ipaddress.ip_network(s) for s in defn["subnets"]],
-            leases.values(),
-            spec.ipv4 or previous.get("ipv4"),
-            spec.ipv6 or previous.get("ipv6"),
-            name,
-        )
+        subnets = [ipaddress.ip_network(s) for s in defn["subnets"]]
+        addrs, mac = _addresses_of_a_restored(ctx, subnets, leases.values(), name, previous)
+        if addrs is None:
+            addrs = ipam.allocate(
+                subnets,
+                leases.values(),
+                spec.ipv4 or previous.get("ipv4"),
+                spec.ipv6 or previous.get("ipv6"),
+                name,
+            )
+        mac = mac or previous.get("mac") or _random_mac()
         taken = _all_publish(nets) - {
             (p["protocol"], p["host_ip"], int(p["host_port"])) for p in previous.get("publish", [])
         }
@@ -130,6 +135,7 @@ def attach_instance_network(ctx: InstanceContext, netns_path: str) -> None:
             "hostname": ctx.spec.effective_hostname,
             **addrs,
             "host_link": link,
+            "mac": mac,
             "hosts_file": hosts_path,
             "publish": pubs,
             "since": time.time(),
@@ -147,14 +153,14 @@ def attach_instance_network(ctx: InstanceContext, netns_path: str) -> None:
         netlink.delete_link(link)  # a stale one of this very instance (an earlier crash)
         isolated = bool(defn.get("isolated"))
         try:
-            netlink.create_instance_link(link, defn["bridge"], netns_path, mtu, isolated)
+            netlink.create_instance_link(link, defn["bridge"], netns_path, mtu, isolated, mac=mac)
         except OSError as e:
             if e.errno != errno.ENODEV:
                 raise
             with nets.store.locked():  # the bridge went away (gc, reboot): bring it back
                 forget_up(ctx.config, name)
                 nets._bring_up(defn)
-            netlink.create_instance_link(link, defn["bridge"], netns_path, mtu, isolated)
+            netlink.create_instance_link(link, defn["bridge"], netns_path, mtu, isolated, mac=mac)
         netlink.configure_inside(netns_path, cidrs, defn["gateways"])
         firewall.add_publish(tag, pubs)
     except BaseException as e:
@@ -167,11 +173,13 @@ def attach_instance_network(ctx: InstanceContext, netns_path: str) -> None:
             f"instance {ctx.name!r}: cannot attach to network {name!r}: {e}", errno=code
         ) from e
 
+    ctx.data.pop("network_wanted", None)
     ctx.data["network"] = {
         "network": name,
         "bridge": defn["bridge"],
         "host_link": link,
         "ifname": "eth0",
+        "mac": mac,
         "mtu": mtu,
         **addrs,
         "gateways": list(defn["gateways"]),
@@ -180,6 +188,36 @@ def attach_instance_network(ctx: InstanceContext, netns_path: str) -> None:
         "resolv_conf": str(resolv_path),
         "isolated": bool(defn.get("isolated")),
     }
+
+
+def _random_mac() -> str:
+    """A locally administered unicast address, chosen here so that it can be kept."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _addresses_of_a_restored(
+    ctx: InstanceContext,
+    subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    leases: Any,
+    name: str,
+    previous: dict[str, Any],
+) -> tuple[dict[str, str] | None, str | None]:
+    """A restored or migrated instance (``network_wanted``: what it had where it was
+    checkpointed) gets its addresses and its MAC back when they are free on this network:
+    its TCP connections then carry on (peers keep sending to the same IP, and their
+    neighbour caches to the same MAC). Where they are taken (the original still runs here)
+    or outside this network's subnets, it gets new ones, and its connections end."""
+    wanted = ctx.data.get("network_wanted") or {}
+    spec = ctx.spec.network
+    if not wanted or spec.ipv4 or spec.ipv6 or previous:
+        return None, None
+    try:
+        addrs = ipam.allocate(subnets, leases, wanted.get("ipv4"), wanted.get("ipv6"), name)
+    except StockadeError:
+        return None, None
+    return addrs, wanted.get("mac")
 
 
 def _release(nets: Networks, name: str, instance_id: str, link: str, pubs: list[dict[str, Any]]) -> None:

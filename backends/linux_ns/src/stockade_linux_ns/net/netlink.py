@@ -120,8 +120,11 @@ def ensure_bridge(name: str, gateways: Sequence[str], mtu: int | None, alias: st
     return idx
 
 
-def create_instance_link(host_name: str, bridge: str, netns_path: str, mtu: int, isolated: bool) -> None:
-    """veth pair: ``host_name`` on ``bridge`` (up), its peer created as eth0 in the namespace."""
+def create_instance_link(
+    host_name: str, bridge: str, netns_path: str, mtu: int, isolated: bool, *, mac: str | None = None
+) -> None:
+    """veth pair: ``host_name`` on ``bridge`` (up), its peer created as eth0 in the namespace
+    (with the MAC address ``mac``, if given)."""
     nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with host() as ipr:
@@ -135,7 +138,7 @@ def create_instance_link(host_name: str, bridge: str, netns_path: str, mtu: int,
                 mtu=mtu,
                 master=br,
                 state="up",
-                peer={"ifname": "eth0", "net_ns_fd": nsfd, "mtu": mtu},
+                peer={"ifname": "eth0", "net_ns_fd": nsfd, "mtu": mtu, **({"address": mac} if mac else {})},
             )
             if isolated:
                 idx = _index(ipr, host_name)
