@@ -26,8 +26,14 @@ COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /root/count; sleep 0.05; done"
 
 
 def _count(inst: object) -> int:
-    out = inst.run(["/bin/cat", "/root/count"]).stdout.decode().strip()  # type: ignore[attr-defined]
-    return int(out or 0)
+    """The counter; the shell truncates the file before each write, so a read can find it
+    empty for a moment (read again then, for up to 2 s)."""
+    deadline = time.monotonic() + 2
+    while True:
+        out = inst.run(["/bin/cat", "/root/count"]).stdout.decode().strip()  # type: ignore[attr-defined]
+        if out or time.monotonic() > deadline:
+            return int(out or 0)
+        time.sleep(0.01)
 
 
 class LifecycleSuite:
