@@ -85,3 +85,27 @@ def test_importing_every_backend_is_cheap_and_safe() -> None:
     """Importing a backend never fails on the wrong platform: each plugin module imports here."""
     for ep in entry_points(group="stockade"):
         ep.load()
+
+
+def test_entry_points_read_as_importlib_metadata_reads_them() -> None:
+    """stockade.entrypoints (no importlib.metadata on the start-up path) finds the same
+    ``stockade`` entry points, and parses sections, comments and extras alike."""
+    from importlib.metadata import entry_points
+
+    from stockade.entrypoints import find, parse
+
+    found = find("stockade")
+    assert found is not None
+    assert sorted((e.name, e.value) for e in found) == sorted(
+        (e.name, e.value) for e in entry_points(group="stockade")
+    )
+    text = (
+        "[console_scripts]\nx = a:b\n# note\n[stockade]\n; also a comment\nmine = pkg.mod:obj.attr [extra]\n"
+    )
+    (ep,) = parse(text, "stockade", "dist")
+    assert (ep.name, ep.value) == ("mine", "pkg.mod:obj.attr")
+    import stockade.errors
+
+    assert parse("[stockade]\ne = stockade.errors:StockadeError\n", "stockade", "d")[0].load() is (
+        stockade.errors.StockadeError
+    )

@@ -99,9 +99,14 @@ class PluginManager:
             self.register(plugin, name)
 
     def _load_entry_points(self) -> None:
-        from importlib.metadata import entry_points
+        from .entrypoints import find
 
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        eps: Iterable[Any] | None = find(ENTRY_POINT_GROUP)
+        if eps is None:  # a zip on sys.path: only importlib.metadata looks inside
+            from importlib.metadata import entry_points
+
+            eps = entry_points(group=ENTRY_POINT_GROUP)
+        for ep in eps:
             if ep.name in self.blocked or self.pm.get_plugin(ep.name) is not None:
                 continue
             self.register(ep.load(), ep.name)
