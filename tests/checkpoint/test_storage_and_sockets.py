@@ -153,18 +153,35 @@ def test_tcp_connection_survives_checkpoint_restore(host: Any, tmp_path: Path) -
     assert after == list(range(1, len(after) + 1)), after
 
 
-def test_listening_socket_survives_checkpoint_restore(host: Any, tmp_path: Path) -> None:
-    """Listening sockets need no TCP repair; before CRIU 4.2 they failed to dump on Linux
-    >= 6.16 (SO_PASSCRED/SO_PASSSEC, see docs/checkpoint.md)."""
-    _need("listen")
+def _start_listener(host: Any, name: str, tmp_path: Path) -> Any:
+    """An instance listening on PORT (what arrives goes to /tmp/got) that counts in /tmp/c
+    once the listener is up."""
     server = (
         f"sleep 1000000 | nc -l -p {PORT} > /tmp/got & {WAIT_LISTEN}; "
         "i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done"
     )
-    inst = start_instance(host, "lsn", tmp_path, ["sh", "-c", server], **LOOPBACK)
+    inst = start_instance(host, name, tmp_path, ["sh", "-c", server], **LOOPBACK)
     deadline = time.monotonic() + 10
     while inst.run(["test", "-s", "/tmp/c"]).exit_status != 0 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the counter starts once the listener is up
+        time.sleep(0.05)
+    return inst
+
+
+def _assert_hello_arrives(inst: Any) -> None:
+    """The listener takes a new connection (from inside the instance) and gets its bytes."""
+    r = inst.run(["sh", "-c", f"echo hello | nc -w 5 127.0.0.1 {PORT}"])
+    assert r.exit_status == 0, r
+    deadline = time.monotonic() + 10
+    while inst.run(["cat", "/tmp/got"]).stdout != b"hello\n" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert inst.run(["cat", "/tmp/got"]).stdout == b"hello\n"
+
+
+def test_listening_socket_survives_checkpoint_restore(host: Any, tmp_path: Path) -> None:
+    """Listening sockets need no TCP repair; before CRIU 4.2 they failed to dump on Linux
+    >= 6.16 (SO_PASSCRED/SO_PASSSEC, see docs/checkpoint.md)."""
+    _need("listen")
+    inst = _start_listener(host, "lsn", tmp_path)
     before = wait_counter_past(inst, 10)
     assert checkpointing.preflight(inst) == []
     checkpointing.checkpoint(inst, tmp_path / "ck")
@@ -172,12 +189,7 @@ def test_listening_socket_survives_checkpoint_restore(host: Any, tmp_path: Path)
     back = checkpointing.restore(host, tmp_path / "ck")
     assert wait_counter_past(back, before) > before
     # The restored listener takes a new connection (from inside the instance).
-    r = back.run(["sh", "-c", f"echo hello | nc -w 5 127.0.0.1 {PORT}"])
-    assert r.exit_status == 0, r
-    deadline = time.monotonic() + 10
-    while back.run(["cat", "/tmp/got"]).stdout != b"hello\n" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert back.run(["cat", "/tmp/got"]).stdout == b"hello\n"
+    _assert_hello_arrives(back)
 
 
 def test_leave_running_keeps_the_network(host: Any, tmp_path: Path) -> None:
@@ -186,23 +198,11 @@ def test_leave_running_keeps_the_network(host: Any, tmp_path: Path) -> None:
     packet; CRIU < 3.19 cannot skip the lock, later ones lock where TCP is established).
     Resumed in place, the instance gets its network back."""
     _need("listen")
-    server = (
-        f"sleep 1000000 | nc -l -p {PORT} > /tmp/got & {WAIT_LISTEN}; "
-        "i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done"
-    )
-    inst = start_instance(host, "net", tmp_path, ["sh", "-c", server], **LOOPBACK)
-    deadline = time.monotonic() + 10
-    while inst.run(["test", "-s", "/tmp/c"]).exit_status != 0 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the counter starts once the listener is up
+    inst = _start_listener(host, "net", tmp_path)
     before = wait_counter_past(inst, 5)
     checkpointing.checkpoint(inst, tmp_path / "ck", leave_running=True)
     assert wait_counter_past(inst, before) > before  # it runs on
-    r = inst.run(["sh", "-c", f"echo hello | nc -w 5 127.0.0.1 {PORT}"])
-    assert r.exit_status == 0, r
-    deadline = time.monotonic() + 10
-    while inst.run(["cat", "/tmp/got"]).stdout != b"hello\n" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert inst.run(["cat", "/tmp/got"]).stdout == b"hello\n"
+    _assert_hello_arrives(inst)
 
 
 def test_socket_probe_names_the_cause() -> None:
