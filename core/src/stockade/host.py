@@ -53,7 +53,7 @@ from .interfaces import (
 )
 from .plugins import PluginManager, default_manager
 from .spec import InstanceSpec, Process
-from .state import LIVE, InstanceState, StateStore, pid_alive, proc_start_time
+from .state import LIVE, InstanceState, StateStore, pid_alive, proc_start_time, wait_exit
 
 DEFAULT_ROOT = Path(paths.DEFAULT_ROOT)
 DEFAULT_RUN_DIR = Path(paths.DEFAULT_RUN_DIR)
@@ -146,10 +146,16 @@ class Host:
 
     def close(self) -> None:
         backends, self._backends = list(self._backends.values()), {}
+        errors: list[Exception] = []
         for b in backends:
             close = getattr(b, "close", None)  # optional: a third party's may not have it
-            if close is not None:
-                close()
+            try:
+                if close is not None:
+                    close()
+            except Exception as e:  # the others still release theirs
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
     # --- backends ---------------------------------------------------------------------------
 
@@ -960,16 +966,7 @@ def _waitpid(pid: int, deadline: float | None) -> int:
 
 
 def _poll_pid(pid: int, timeout: float) -> None:
-    import select
-
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        select.select([fd], [], [], min(timeout, 0.5))
-    finally:
-        os.close(fd)
+    wait_exit(pid, min(timeout, 0.5))
 
 
 def _wait_gone(pid: int, start: int | None, deadline: float | None) -> None:

@@ -77,6 +77,20 @@ def pid_alive(pid: int | None, start: int | None) -> bool:
     return st is not None and (start is None or st == start)
 
 
+def wait_exit(pid: int, timeout: float) -> None:
+    """Until process ``pid`` ends or ``timeout`` seconds pass (a pidfd: no polling loop)."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
 class StateStore:
     def __init__(self, root: Path, run_dir: Path) -> None:
         self.root = root

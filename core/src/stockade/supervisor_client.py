@@ -213,17 +213,6 @@ def shutdown(run_dir: str, timeout: float = 15.0) -> None:
         except (ConnectionResetError, BrokenPipeError):
             return  # it was idling out already: the same outcome
     if reply and reply.get("exiting") and reply.get("pid"):
-        _wait_exit(int(reply["pid"]), timeout)
+        from .state import wait_exit  # not on the run path: the thin client never shuts down
 
-
-def _wait_exit(pid: int, timeout: float) -> None:
-    import select
-
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
+        wait_exit(int(reply["pid"]), timeout)
