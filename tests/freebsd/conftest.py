@@ -32,6 +32,8 @@ class FakeLib:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     jid: int = 7
     keep: list[Any] = field(default_factory=list)
+    sysctls: dict[str, int] = field(default_factory=dict)  # sysctlbyname answers (else ENOENT)
+    racct: str = ""  # what rctl_get_racct/rctl_get_rules write (ERANGE when it does not fit)
 
     def _cb(self, sig: str, name: str, fn: Callable[..., int]) -> Any:
         f = ffi()
@@ -66,7 +68,13 @@ class FakeLib:
 
         def rctl_call(name: str) -> Callable[..., int]:
             def call(inp: Any, inlen: int, out: Any, outlen: int) -> int:
-                self.calls.append((name, bytes(ffi().buffer(inp, inlen))))
+                self.calls.append((name, (bytes(ffi().buffer(inp, inlen)), outlen)))
+                if name.startswith("rctl_get"):
+                    text = self.racct.encode() + b"\0"
+                    if len(text) > outlen:
+                        ffi().errno = 34  # ERANGE, as the kernel answers a short buffer
+                        return -1
+                    ffi().memmove(out, text, len(text))
                 return 0
 
             return call
@@ -91,6 +99,26 @@ class FakeLib:
             return 0
 
         self.unmount = self._cb("int(const char *, int)", "unmount", unmount)
+
+        def setloginclass(name: Any) -> int:
+            self.calls.append(("setloginclass", ffi().string(name).decode()))
+            return 0
+
+        self.setloginclass = self._cb("int(const char *)", "setloginclass", setloginclass)
+
+        def sysctlbyname(name: Any, old: Any, oldlen: Any, new: Any, newlen: int) -> int:
+            key = ffi().string(name).decode()
+            self.calls.append(("sysctlbyname", key))
+            if key not in self.sysctls:
+                ffi().errno = 2  # ENOENT: no such sysctl
+                return -1
+            assert oldlen[0] == 4  # an int, as the caller says
+            ffi().cast("int *", old)[0] = self.sysctls[key]
+            return 0
+
+        self.sysctlbyname = self._cb(
+            "int(const char *, void *, size_t *, const void *, size_t)", "sysctlbyname", sysctlbyname
+        )
 
 
 @pytest.fixture

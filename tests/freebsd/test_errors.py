@@ -117,7 +117,7 @@ def test_nmount_error(fake_lib: FakeLib) -> None:
 def test_rctl_calls(fake_lib: FakeLib) -> None:
     k = Kernel(fake_lib)
     k.rctl_add("jail:j:maxproc:deny=10")
-    assert fake_lib.calls[-1] == ("rctl_add_rule", b"jail:j:maxproc:deny=10\0")
+    assert fake_lib.calls[-1] == ("rctl_add_rule", (b"jail:j:maxproc:deny=10\0", 0))
     fake_lib.fail["rctl_remove_rule"] = Failure(3)
     assert k.rctl_remove("jail:j:") is False
     fake_lib.fail["rctl_add_rule"] = Failure(78)

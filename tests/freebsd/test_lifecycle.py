@@ -42,7 +42,15 @@ def test_create_start_destroy_sequence(tmp: Path, fake_lib: FakeLib) -> None:
         real_attach(jid)
         attached.write_text(f"{jid} {os.getpid()}")
 
+    real_class = kernel.setloginclass
+
+    def setloginclass(name: str) -> None:  # after attach, in the same helper process
+        real_class(name)
+        with attached.open("a") as f:
+            f.write(f" class={name} {os.getpid()}")
+
     kernel.jail_attach = attach  # type: ignore[method-assign]
+    kernel.setloginclass = setloginclass  # type: ignore[method-assign]
     spec = make_spec(
         process={"args": ["/bin/sh", "-c", f"echo ran > {out}"], "env": {"PATH": "/bin:/usr/bin"}},
         mounts=[{"target": "/data", "source": str(tmp), "readonly": True}],
@@ -70,7 +78,8 @@ def test_create_start_destroy_sequence(tmp: Path, fake_lib: FakeLib) -> None:
     assert jail_wire[1] == (b"path\0", str(root).encode() + b"\0")
     # the helper joined the quota groups, then attached to jid 7, before waiting
     assert joined.read_text() == str(spawned.pid)
-    assert attached.read_text() == f"7 {spawned.pid}"
+    assert attached.read_text() == f"7 {spawned.pid} class=default {spawned.pid}"
+    assert os.getpid() != spawned.pid  # the caller itself never attached
     assert not out.exists()  # waiting for start
     iso.start(ctx)
     _, status = os.waitpid(spawned.pid, 0)
@@ -84,8 +93,69 @@ def test_create_start_destroy_sequence(tmp: Path, fake_lib: FakeLib) -> None:
         ("jail_remove", 7),
         ("unmount", (f"{root}/data", 0)),  # reverse of the mount order
         ("unmount", (f"{root}/dev", 0)),
-        ("rctl_remove_rule", b"jail:stockade-t1-web:\0"),
+        ("rctl_remove_rule", (b"jail:stockade-t1-web:\0", 0)),
     ]
     fake_lib.calls.clear()
     iso.destroy(ctx)  # idempotent: nothing mounted any more
     assert [n for n, _ in fake_lib.calls if n in ("unmount", "nmount")] == []
+
+
+def test_zfs_dataset_delegation_order(tmp: Path, fake_lib: FakeLib, monkeypatch: pytest.MonkeyPatch) -> None:
+    """jailed=on before jail_set, zfs jail after it (before the first process), zfs unjail
+    before jail_remove; the jail gets allow.mount.zfs and enforce_statfs=1."""
+    from stockade.errors import UnsupportedFeature
+    from stockade_freebsd_jail import hostcmd
+
+    root, run = tmp / "root", tmp / "run"
+    root.mkdir()
+    config = BackendConfig(root=tmp, run_dir=run, host_tag="t1")
+    iso = FreeBsdJailIsolation(config)
+    iso._kernel = Kernel(fake_lib)
+
+    def run_steps(steps: object, **kw: object) -> dict[str, str]:
+        for step in steps:  # type: ignore[attr-defined]
+            fake_lib.calls.append(("host", step.argv))
+        return {}
+
+    monkeypatch.setattr(hostcmd, "run_steps", run_steps)
+
+    def context(allow: list[str]) -> InstanceContext:
+        spec = make_spec(process={"args": ["/bin/true"]}, network={"mode": "none"}, allow=allow)
+        ctx = InstanceContext(
+            id="web",
+            name="web",
+            spec=spec,
+            config=config,
+            state_dir=tmp / "s",
+            run_dir=run,
+            rootfs=RootFS(str(root)),
+        )
+        ctx.bag("storage")["jail_dataset"] = "tank/stockade/web-data"
+        return ctx
+
+    with pytest.raises(UnsupportedFeature, match="needs allow = \\['mount'\\]"):
+        iso.create(context([]), Stdio(), lambda pid: None)
+    assert fake_lib.calls == []  # refused before anything was made
+
+    ctx = context(["mount"])
+    spawned = iso.create(ctx, Stdio(), lambda pid: None)
+    order = [c[1] if c[0] == "host" else c[0] for c in fake_lib.calls]
+    assert order == [
+        "nmount",
+        ("zfs", "set", "jailed=on", "tank/stockade/web-data"),
+        "jail_set",
+        ("zfs", "jail", "stockade-t1-web", "tank/stockade/web-data"),
+    ]
+    wire = dict(fake_lib.calls[2][1][0])
+    assert b"allow.mount.zfs\0" in wire and wire[b"enforce_statfs\0"] == (1).to_bytes(4, "little")
+    iso.start(ctx)
+    os.waitpid(spawned.pid, 0)
+    fake_lib.calls.clear()
+    iso.destroy(ctx)
+    order = [c[1] if c[0] == "host" else c[0] for c in fake_lib.calls if c[0] != "jail_get"]
+    assert order == [
+        ("zfs", "unjail", "stockade-t1-web", "tank/stockade/web-data"),
+        "jail_remove",
+        "unmount",
+        "rctl_remove_rule",
+    ]

@@ -9,7 +9,8 @@ from stockade.features import Restriction as R
 from stockade_freebsd_jail._ffi import JAIL_ATTACH, JAIL_CREATE, JAIL_UPDATE
 from stockade_freebsd_jail.iovec import build_iovec, read_iovec
 from stockade_freebsd_jail.network import plan_network
-from stockade_freebsd_jail.params import JailOptions, jail_params, preflight
+from stockade_freebsd_jail.options import JailOptions
+from stockade_freebsd_jail.params import jail_params, preflight
 from stockade_freebsd_jail.restrictions import (
     ENFORCED,
     NOT_ENFORCED,
@@ -180,3 +181,55 @@ def test_preflight_refuses_dotted_names_and_relative_paths() -> None:
     problems = preflight([("name", "a.b"), ("path", "j"), ("persist", True)], JAIL_CREATE)
     assert any("names a child" in p for p in problems)
     assert any("must be absolute" in p for p in problems)
+
+
+def _diff(allow: list[str]) -> dict[str, object]:
+    """The parameters a relaxation changes or adds, relative to the default jail."""
+    base = dict(params_for({"network": {"mode": "none"}}))
+    relaxed = params_for({"allow": allow, "network": {"mode": "none"}})
+    return {n: v for n, v in relaxed if base.get(n, "absent") != v}
+
+
+# restriction -> the jail parameters relaxing it changes (empty: no allow.* grants it)
+MAPPING: list[tuple[str, dict[str, object]]] = [
+    (
+        "mount",
+        {"allow.mount": True, "allow.mount.nullfs": True, "allow.mount.tmpfs": True, "enforce_statfs": 1},
+    ),
+    ("raw_sockets", {"allow.raw_sockets": True}),
+    ("chflags", {"allow.chflags": True, "securelevel": 0}),
+    ("sys_time", {"allow.settime": True, "allow.adjtime": True, "securelevel": 1}),
+    ("foreign_network", {"ip4": 2, "ip6": 2}),  # the host's stack instead of none
+    # enforced whatever the spec says: no allow.* exists for them, so nothing changes
+    ("kmod", {}),
+    ("kernel_modify", {}),
+    ("mknod", {}),
+    ("sysctl", {}),
+    ("host_processes", {}),
+    ("keyring", {}),
+    ("new_userns", {}),
+    # not enforced by a jail (documented), so relaxing them changes nothing either
+    ("net_admin", {}),
+    ("ptrace", {}),
+]
+
+
+@pytest.mark.parametrize(("restriction", "changed"), MAPPING)
+def test_each_restriction_maps_to_exactly_these_params(restriction: str, changed: dict[str, object]) -> None:
+    assert _diff([restriction]) == changed
+    r = R(restriction)
+    assert (r in RELAXABLE) == bool(changed)
+    assert (r in NOT_RELAXABLE) == (r in ENFORCED and not changed)
+
+
+def test_every_restriction_is_in_the_mapping_table() -> None:
+    assert sorted(r for r, _ in MAPPING) == sorted(r.value for r in R)
+
+
+def test_path_is_always_sent_and_never_root_by_accident() -> None:
+    for mode in ("none", "loopback", "host"):
+        p = params_for({"network": {"mode": mode}})
+        assert p[1] == ("path", "/var/lib/stockade/r/web")
+    assert any(
+        "path: must always be sent" in x for x in preflight([("name", "a"), ("persist", True)], JAIL_CREATE)
+    )

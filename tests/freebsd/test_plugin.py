@@ -82,10 +82,12 @@ def test_options_shape_the_jail() -> None:
                 "securelevel": 3,
                 "interface": "lo1",
                 "mount_fs": ["nullfs"],
+                "login_class": "jail",
             },
         )
     )
     assert iso.opts.securelevel == 3 and iso.opts.stack == "ip" and iso.opts.mount_fs == ("nullfs",)
+    assert iso.opts.login_class == "jail" and iso._ops().login_class == "jail"
     plan = iso.network_plan(make_spec(network={"mode": "bridge", "ipv4": "192.0.2.9"}), "web")
     assert plan.kind == "ip" and plan.host_setup[0].argv[1] == "lo1"
 
@@ -98,3 +100,41 @@ def test_import_loads_nothing_platform_specific() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_registration_and_probe_stay_light() -> None:
+    """Backends load with the plugin on every command: registering them, constructing them
+    and probe() import none of the builders, cffi, or the helper (the import-time budget)."""
+    code = """
+import sys
+from pathlib import Path
+from stockade.interfaces import BackendConfig
+from stockade.plugins import PluginManager
+pm = PluginManager()
+config = BackendConfig(root=Path("/tmp/x"), run_dir=Path("/tmp/x/run"), host_tag="t")
+for kind, name in (("isolation", "freebsd_jail"), ("quota", "rctl")):
+    pm.make(kind, name, config).probe()
+mine = {m.rpartition(".")[2] for m in sys.modules if m.startswith("stockade_freebsd_jail.")}
+print(sorted(mine), "cffi" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("]")[0] + "]" == str(
+        sorted(["plugin", "isolation", "quota", "_ffi", "options", "restrictions"])
+    )
+    assert out.stdout.strip().endswith("False")
+
+
+def test_bad_options_are_refused_by_check() -> None:
+    opts = {"login_class": "x" * 33, "stack": "vlan"}
+    iso = FreeBsdJailIsolation(
+        BackendConfig(root=CONFIG.root, run_dir=CONFIG.run_dir, host_tag="t1", options=opts)
+    )
+    lines = iso.check(make_spec())
+    assert any("login_class" in x and "MAXLOGNAME" in x for x in lines)
+    assert any("option stack: 'vlan'" in x for x in lines)
+    ok = FreeBsdJailIsolation(
+        BackendConfig(
+            root=CONFIG.root, run_dir=CONFIG.run_dir, host_tag="t1", options={"login_class": "x" * 32}
+        )
+    )
+    assert ok.check(make_spec()) == []

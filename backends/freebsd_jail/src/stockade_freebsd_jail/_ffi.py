@@ -25,10 +25,11 @@ int rctl_add_rule(const char *inbufp, size_t inbuflen, char *outbufp, size_t out
 int rctl_remove_rule(const char *inbufp, size_t inbuflen, char *outbufp, size_t outbuflen);
 int rctl_get_racct(const char *inbufp, size_t inbuflen, char *outbufp, size_t outbuflen);
 int rctl_get_rules(const char *inbufp, size_t inbuflen, char *outbufp, size_t outbuflen);
+int setloginclass(const char *name);
 int sysctlbyname(const char *name, void *oldp, size_t *oldlenp, const void *newp, size_t newlen);
 """
 
-# sys/sys/jail.h
+# sys/sys/jail.h (cross-checked in tests/freebsd/test_constants.py)
 JAIL_CREATE = 0x01
 JAIL_UPDATE = 0x02
 JAIL_ATTACH = 0x04
@@ -36,10 +37,11 @@ JAIL_DYING = 0x08
 JAIL_SYS_DISABLE = 0
 JAIL_SYS_NEW = 1
 JAIL_SYS_INHERIT = 2
-JAIL_ERRMSGLEN = 1024
-MAXHOSTNAMELEN = 256
-MAXPATHLEN = 1024
-# sys/sys/mount.h
+JAIL_ERRMSGLEN = 1024  # lib/libjail/jail.h
+MAXHOSTNAMELEN = 256  # sys/sys/param.h
+MAXPATHLEN = 1024  # sys/sys/syslimits.h (PATH_MAX)
+MAXLOGNAME = 33  # sys/sys/param.h: a login class name is at most 32 bytes
+# sys/sys/mount.h (nmount's flags argument is an int)
 MNT_RDONLY = 0x1
 MNT_FORCE = 0x80000
 # net/if.h: IFNAMSIZ counts the NUL

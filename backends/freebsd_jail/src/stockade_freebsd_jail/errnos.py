@@ -242,6 +242,19 @@ def jail_remove_error(native: int, jid: int) -> StockadeError:
     return _err(IsolationError, native, f"cannot remove jail {jid} ({name}): run as root on the host")
 
 
+def setloginclass_error(native: int, login_class: str) -> StockadeError:
+    name = name_of(native)
+    hint = {
+        "EPERM": "run as root",
+        "ENAMETOOLONG": "a login class name has at most 32 bytes (MAXLOGNAME)",
+    }.get(name, "")
+    return _err(
+        IsolationError,
+        native,
+        f"cannot set login class {login_class!r} ({name})" + (f": {hint}" if hint else ""),
+    )
+
+
 def nmount_error(native: int, errmsg: str, fstype: str, fspath: str) -> StockadeError:
     name = name_of(native)
     why = _describe(native, errmsg)

@@ -1,13 +1,17 @@
 """The forked helper through which every process enters a jail.
 
 ``jail_attach`` moves the whole calling process into the jail and cannot be undone, so
-the caller never attaches: a forked child does, then ``chdir("/")``, drops privileges
-(setgroups, setgid, setuid), applies the umask, changes to the working directory and
-executes - at once (exec) or after the start FIFO says so (the first process). Failures
-before exec come back to the parent through a close-on-exec pipe, as subprocess does.
+the caller never attaches: a forked child does, then ``chdir("/")``, sets the login class
+(``setloginclass(2)``, so host ``loginclass:`` rctl rules and the caller's class do not
+follow it in), drops privileges (setgroups, setgid, setuid - the order jexec(8) uses),
+applies the umask, changes to the working directory and executes - at once (exec) or
+after the start FIFO says so (the first process). Failures before exec come back to the
+parent through a close-on-exec pipe, as subprocess does.
 
-``enter`` is the only jail-specific step (``Kernel.jail_attach``); the rest is plain
-POSIX, which is why Linux tests can run this module for real (with chroot as ``enter``).
+``enter`` is the only jail-specific step (``Kernel.jail_attach``) and ``setloginclass``
+the only FreeBSD-only call; every call goes through an ``Ops`` object, so Linux tests run
+the sequence in-process with recorders (order, and nothing after a failed attach) and
+for real in a fork (with chroot as ``enter``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from stockade.errors import IsolationError, StateConflict
 from stockade.interfaces import JoinFn, Spawned, Stdio
@@ -30,11 +36,54 @@ def _report(fd: int, stage: str, e: BaseException) -> None:
         os.write(fd, f"{stage}\0{code}\0{e}".encode(errors="replace")[:4096])
 
 
-def _drop_privileges(process: Process) -> None:
-    # On FreeBSD before 15, setgroups' first entry is also the effective gid: list it first.
-    os.setgroups([process.gid, *(g for g in process.additional_gids if g != process.gid)])
-    os.setgid(process.gid)
-    os.setuid(process.uid)
+@dataclass(frozen=True)
+class Ops:
+    """The calls the helper makes once forked; tests replace them with recorders."""
+
+    chdir: Callable[[str], None] = os.chdir
+    setgroups: Callable[[list[int]], None] = os.setgroups
+    setgid: Callable[[int], None] = os.setgid
+    setuid: Callable[[int], None] = os.setuid
+    umask: Callable[[int], Any] = os.umask
+    execvpe: Callable[[str, list[str], dict[str, str]], Any] = os.execvpe
+    # FreeBSD's setloginclass(2) (Kernel.setloginclass); None where there is no such call
+    setloginclass: Callable[[str], None] | None = None
+    login_class: str = "default"
+
+
+POSIX = Ops()
+
+
+def groups_for(process: Process) -> list[int]:
+    """The supplementary groups: the primary gid first (before FreeBSD 15 setgroups' first
+    entry is also the effective gid), then the others without repeating it."""
+    return [process.gid, *(g for g in process.additional_gids if g != process.gid)]
+
+
+def enter_and_prepare(enter: Callable[[], None], process: Process, ops: Ops, stage: list[str]) -> None:
+    """attach -> chdir("/") -> login class -> setgroups -> setgid -> setuid -> umask -> cwd.
+
+    ``stage[0]`` names the step under way, for the error report. Privileges are dropped
+    only after the process is inside the jail, and in the order that makes each call
+    still permitted (groups and gid while still root, uid last)."""
+    stage[0] = "attach"
+    enter()
+    ops.chdir("/")
+    if ops.setloginclass is not None:
+        stage[0] = "login class"
+        ops.setloginclass(ops.login_class)
+    stage[0] = "user"
+    ops.setgroups(groups_for(process))
+    ops.setgid(process.gid)
+    ops.setuid(process.uid)
+    ops.umask(process.umask)
+    stage[0] = "cwd"
+    ops.chdir(process.cwd)
+
+
+def exec_process(process: Process, ops: Ops, stage: list[str]) -> None:
+    stage[0] = "exec"
+    ops.execvpe(process.args[0], list(process.args), dict(process.env))
 
 
 def _child(
@@ -46,8 +95,9 @@ def _child(
     slave: int | None,
     start_fd: int | None,
     errw: int | None,
+    ops: Ops,
 ) -> None:
-    stage = "stdio"
+    stage = ["stdio"]
     try:
         if slave is not None:
             os.login_tty(slave)
@@ -56,32 +106,24 @@ def _child(
                 if fd is not None and fd != target:
                     os.dup2(fd, target)
         if join is not None:
-            stage = "join"
+            stage[0] = "join"
             join(os.getpid())
-        stage = "attach"
-        enter()
-        os.chdir("/")
-        stage = "user"
-        _drop_privileges(process)
-        os.umask(process.umask)
-        stage = "cwd"
-        os.chdir(process.cwd)
+        enter_and_prepare(enter, process, ops, stage)
         if start_fd is not None:
-            stage = "wait"
+            stage[0] = "wait"
             assert errw is not None
             os.close(errw)  # setup is done: the parent's create returns now
             errw = None
             if os.read(start_fd, 1) != START:
                 os._exit(0)
             os.close(start_fd)
-        stage = "exec"
-        os.execvpe(process.args[0], list(process.args), dict(process.env))
+        exec_process(process, ops, stage)
     except BaseException as e:
         if errw is not None:
-            _report(errw, stage, e)
+            _report(errw, stage[0], e)
         else:  # nobody waits on the pipe any more: say it where the instance's output goes
             with contextlib.suppress(OSError):
-                os.write(2, f"stockade: {stage} {process.args[0]!r} failed: {e}\n".encode())
+                os.write(2, f"stockade: {stage[0]} {process.args[0]!r} failed: {e}\n".encode())
     finally:
         os._exit(127)
 
@@ -103,6 +145,7 @@ def spawn(
     what: str,
     join: JoinFn | None = None,
     start_fd: int | None = None,
+    ops: Ops = POSIX,
 ) -> Spawned:
     """Fork the helper; return once it has exec'd (or, with ``start_fd``, is waiting)."""
     errr, errw = os.pipe()
@@ -112,7 +155,7 @@ def spawn(
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child ends in exec or _exit
         os.close(errr)
-        _child(enter, process, stdio, join=join, slave=slave, start_fd=start_fd, errw=errw)
+        _child(enter, process, stdio, join=join, slave=slave, start_fd=start_fd, errw=errw, ops=ops)
     os.close(errw)
     if slave is not None:
         os.close(slave)

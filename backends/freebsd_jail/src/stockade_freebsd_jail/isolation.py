@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal as _signal
-import time
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from stockade.errors import (
     IsolationError,
@@ -24,37 +22,23 @@ from stockade.errors import (
     UnsupportedFeature,
 )
 from stockade.features import Feature, Probe, Restriction, Semantics
-from stockade.interfaces import (
-    BackendConfig,
-    InstanceContext,
-    IsolationBase,
-    JoinFn,
-    Spawned,
-    Stdio,
-)
-from stockade.spec import InstanceSpec, Process
+from stockade.interfaces import IsolationBase
 
-from . import errnos
-from ._ffi import JAIL_CREATE, MNT_FORCE, not_freebsd_reason
-from .helper import make_start_fifo, run_in, signal_start, spawn
-from .kernel import Kernel
-from .mounts import make_mountpoint, plan_mounts
-from .naming import epair_names, epair_prefix, jail_name, jail_prefix
-from .network import NetworkPlan, Step, plan_network
-from .params import JailOptions, jail_params, preflight, ruleset_for
-from .rctl import jail_filter
+from ._ffi import not_freebsd_reason
+from .options import parse_options
 from .restrictions import ENFORCED, NOT_ENFORCED, RELAXABLE, unrelaxable
-from .zfs_delegation import STORAGE_KEY, merge_params, plan_delegation
+
+# Everything else (cffi, the iovec and plan builders, hashlib for interface names, the
+# helper) is imported where it is used: backends load with the plugin on every command.
+if TYPE_CHECKING:
+    from stockade.interfaces import BackendConfig, InstanceContext, JoinFn, Spawned, Stdio
+    from stockade.spec import InstanceSpec, Process
+
+    from .helper import Ops
+    from .kernel import Kernel
+    from .network import NetworkPlan, Step
 
 FIFO = "start.fifo"
-
-
-def _options(raw: Mapping[str, Any]) -> tuple[JailOptions, dict[str, Any]]:
-    known = {k: raw[k] for k in asdict(JailOptions()) if k in raw}
-    if "mount_fs" in known:
-        known["mount_fs"] = tuple(known["mount_fs"])
-    net = {k: raw[k] for k in ("prefixlen", "gateway", "interface") if k in raw}
-    return JailOptions(**known), net
 
 
 def _step_data(steps: tuple[Step, ...]) -> list[dict[str, Any]]:
@@ -62,6 +46,8 @@ def _step_data(steps: tuple[Step, ...]) -> list[dict[str, Any]]:
 
 
 def _steps(data: list[dict[str, Any]]) -> list[Step]:
+    from .network import Step
+
     return [Step(**{**d, "argv": tuple(d["argv"])}) for d in data]
 
 
@@ -88,12 +74,14 @@ class FreeBsdJailIsolation(IsolationBase):
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
-        self.opts, self.net_opts = _options(config.options)
+        self.opts, self.net_opts = parse_options(config.options)
         self._kernel: Kernel | None = None
 
     @property
     def kernel(self) -> Kernel:
         if self._kernel is None:
+            from .kernel import Kernel
+
             self._kernel = Kernel.system()
         return self._kernel
 
@@ -113,6 +101,9 @@ class FreeBsdJailIsolation(IsolationBase):
         return Probe.yes()
 
     def network_plan(self, spec: InstanceSpec, instance_id: str) -> NetworkPlan:
+        from .naming import jail_name
+        from .network import plan_network
+
         return plan_network(
             spec,
             host_tag=self.config.host_tag,
@@ -123,7 +114,7 @@ class FreeBsdJailIsolation(IsolationBase):
         )
 
     def check(self, spec: InstanceSpec) -> list[str]:
-        out = unrelaxable(spec.allow)
+        out = self.opts.problems() + unrelaxable(spec.allow)
         if spec.user_namespace is not None:
             out.append("user_namespace: FreeBSD has no user namespaces")
         out += self.network_plan(spec, "check").problems
@@ -135,7 +126,23 @@ class FreeBsdJailIsolation(IsolationBase):
         kernel = self.kernel
         return lambda: kernel.jail_attach(jid)
 
+    def _ops(self) -> Ops:
+        """The helper's calls: POSIX, plus FreeBSD's setloginclass for the configured class."""
+        from .helper import Ops
+
+        def setloginclass(name: str) -> None:  # libc is opened on first use, not here
+            self.kernel.setloginclass(name)
+
+        return Ops(setloginclass=setloginclass, login_class=self.opts.login_class)
+
     def create(self, ctx: InstanceContext, stdio: Stdio, join: JoinFn) -> Spawned:
+        from ._ffi import JAIL_CREATE
+        from .helper import make_start_fifo, spawn
+        from .mounts import make_mountpoint, plan_mounts
+        from .naming import jail_name
+        from .params import jail_params, preflight, ruleset_for
+        from .zfs_delegation import STORAGE_KEY, merge_params, plan_delegation
+
         if ctx.rootfs is None:
             raise IsolationError(
                 f"instance {ctx.name!r}: freebsd_jail needs a root file system from the storage backend"
@@ -207,6 +214,7 @@ class FreeBsdJailIsolation(IsolationBase):
                 join=join,
                 start_fd=fd,
                 what=f"instance {ctx.name!r} (jail {jail})",
+                ops=self._ops(),
             )
         finally:
             os.close(fd)
@@ -214,9 +222,13 @@ class FreeBsdJailIsolation(IsolationBase):
         return spawned
 
     def start(self, ctx: InstanceContext) -> None:
+        from .helper import signal_start
+
         signal_start(os.path.join(str(ctx.run_dir), FIFO), ctx.name)
 
     def _jid(self, ctx: InstanceContext) -> int:
+        from .naming import jail_name
+
         jail = ctx.bag("isolation").get("jail") or jail_name(self.config.host_tag, ctx.id)
         jid = self.kernel.find(jail)
         if jid is None:
@@ -224,15 +236,22 @@ class FreeBsdJailIsolation(IsolationBase):
         return jid
 
     def exec(self, ctx: InstanceContext, process: Process, stdio: Stdio, join: JoinFn) -> Spawned:
+        from .helper import spawn
+
         return spawn(
             self._enter(self._jid(ctx)),
             process,
             stdio,
             join=join,
             what=f"exec {process.args[0]!r} in instance {ctx.name!r}",
+            ops=self._ops(),
         )
 
     def kill(self, ctx: InstanceContext, signal: int) -> None:
+        import signal as _signal
+
+        from .helper import run_in
+
         pid = ctx.bag("isolation").get("pid")
         if signal == _signal.SIGKILL:
             # On Linux the namespace dies with its init; a jail has no init, so SIGKILL
@@ -259,6 +278,8 @@ class FreeBsdJailIsolation(IsolationBase):
         return isinstance(jail, str) and self.kernel.find(jail) is not None
 
     def destroy(self, ctx: InstanceContext) -> None:
+        from .naming import jail_name
+
         bag = ctx.bag("isolation")
         jail = bag.get("jail") or jail_name(self.config.host_tag, ctx.id)
         self._teardown(jail, list(bag.get("mounts", [])), _steps(bag.get("teardown", [])))
@@ -271,6 +292,7 @@ class FreeBsdJailIsolation(IsolationBase):
 
     def _teardown(self, jail: str, mounts: list[str], steps: list[Step]) -> None:
         from .hostcmd import run_steps
+        from .rctl import jail_filter
 
         kernel = self.kernel
         jid = kernel.find(jail)
@@ -284,6 +306,11 @@ class FreeBsdJailIsolation(IsolationBase):
             kernel.rctl_remove(jail_filter(jail))
 
     def _unmount(self, path: str) -> None:
+        import time
+
+        from . import errnos
+        from ._ffi import MNT_FORCE
+
         # A removed jail's processes die asynchronously: busy mounts drain in a moment.
         deadline = time.monotonic() + 5
         while True:
@@ -299,6 +326,8 @@ class FreeBsdJailIsolation(IsolationBase):
     def gc(self, known: Mapping[str, InstanceContext]) -> list[str]:
         if not_freebsd_reason():
             return []
+        from .naming import jail_name
+
         tag = self.config.host_tag
         known_jails = {jail_name(tag, c.id) for c in known.values()}
         known_paths = [
@@ -306,6 +335,8 @@ class FreeBsdJailIsolation(IsolationBase):
         ]
         said: list[str] = []
         from .hostcmd import current_mounts, host_interfaces, run_steps
+        from .naming import epair_names, epair_prefix, jail_name, jail_prefix
+        from .network import Step
 
         for info in self.kernel.list_jails(jail_prefix(tag)):
             if info.name not in known_jails:

@@ -91,6 +91,11 @@ class Kernel:
             return False
         raise err
 
+    def setloginclass(self, name: str) -> None:
+        """Set the calling process's login class (the forked helper, inside the jail)."""
+        if self.lib.setloginclass(name.encode()) != 0:
+            raise errnos.setloginclass_error(self.ffi.errno, name)
+
     # --- mounts -----------------------------------------------------------------------------
 
     def nmount(self, params: Params, flags: int) -> None:

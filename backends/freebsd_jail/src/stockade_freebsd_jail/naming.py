@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from ._ffi import IFNAMSIZ
@@ -24,6 +23,8 @@ def _safe(s: str) -> str:
 
 
 def _short_hash(*parts: str, n: int) -> str:
+    import hashlib  # 2 ms to import: only when an interface name is needed
+
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:n]
 
 

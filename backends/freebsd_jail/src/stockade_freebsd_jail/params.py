@@ -8,28 +8,15 @@ ranges, lengths with their NUL, numeric names, address rules, ``path`` always se
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Literal
 
 from stockade.spec import InstanceSpec
 
 from ._ffi import JAIL_ATTACH, JAIL_CREATE, JAIL_SYS_NEW, MAXHOSTNAMELEN, MAXPATHLEN
 from .iovec import Params, Value, bool_name, cstr
-from .restrictions import DEFAULT_SECURELEVEL, allow_params, enforce_statfs, securelevel
+from .options import JailOptions
+from .restrictions import allow_params, enforce_statfs, securelevel
 
-DEVFS_RULESET = 4  # devfsrules_jail in /etc/defaults/devfs.rules
-DEVFS_RULESET_VNET = 5  # devfsrules_jail_vnet (jail + pf); Bastille defines 13 with bpf too
-
-
-@dataclass(frozen=True)
-class JailOptions:
-    """Backend options (BackendConfig.options) that shape every jail."""
-
-    securelevel: int = DEFAULT_SECURELEVEL
-    devfs_ruleset: int = DEVFS_RULESET
-    devfs_ruleset_vnet: int = DEVFS_RULESET_VNET
-    mount_fs: tuple[str, ...] = ("nullfs", "tmpfs")
-    stack: Literal["vnet", "ip"] = "vnet"
+DEFAULTS = JailOptions()
 
 
 def ruleset_for(opts: JailOptions, network: Params) -> int:
@@ -38,7 +25,7 @@ def ruleset_for(opts: JailOptions, network: Params) -> int:
 
 
 def jail_params(
-    spec: InstanceSpec, *, name: str, path: str, network: Params, opts: JailOptions = JailOptions()
+    spec: InstanceSpec, *, name: str, path: str, network: Params, opts: JailOptions = DEFAULTS
 ) -> Params:
     """The creation parameters, in a fixed order (golden-tested)."""
     return [

@@ -8,19 +8,28 @@ throttled per jail (all of its I/O, on any file system or device), never denied.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from stockade.errors import NotFound, QuotaError, StockadeError
 from stockade.features import Feature, Probe, Semantics
-from stockade.interfaces import BackendConfig, InstanceContext, QuotaBase, QuotaStats
-from stockade.spec import InstanceSpec, Resources
+from stockade.interfaces import QuotaBase, QuotaStats
 
 from ._ffi import not_freebsd_reason
-from .kernel import Kernel, racct_enabled
-from .naming import jail_name, jail_prefix
-from .rctl import jail_filter, parse_racct, parse_rules, pcpu, rules_for, unsupported
+
+# The rule builders, cffi and subprocess are imported where used: backends load with
+# the plugin on every command.
+if TYPE_CHECKING:
+    from stockade.interfaces import BackendConfig, InstanceContext
+    from stockade.spec import InstanceSpec, Resources
+
+    from .kernel import Kernel
+
+
+def _pcpu(cores: float) -> int:
+    from .rctl import pcpu
+
+    return pcpu(cores)
 
 
 def stats_from_racct(racct: Mapping[str, int], resources: Resources) -> QuotaStats:
@@ -30,7 +39,7 @@ def stats_from_racct(racct: Mapping[str, int], resources: Resources) -> QuotaSta
         memory_used=racct.get("memoryuse"),
         memory_limit=resources.memory,
         cpu_usage_ns=racct["cputime"] * 1_000_000_000 if "cputime" in racct else None,
-        cpu_quota=pcpu(resources.cpus) / 100 if resources.cpus is not None else None,
+        cpu_quota=_pcpu(resources.cpus) / 100 if resources.cpus is not None else None,
         pids_current=racct.get("maxproc"),
         pids_limit=resources.pids,
     )
@@ -66,29 +75,42 @@ class RctlQuota(QuotaBase):
     @property
     def kernel(self) -> Kernel:
         if self._kernel is None:
+            from .kernel import Kernel
+
             self._kernel = Kernel.system()
         return self._kernel
 
     def _jail(self, ctx: InstanceContext) -> str:
+        from .naming import jail_name
+
         return str(ctx.bag("quota").get("jail") or jail_name(self.config.host_tag, ctx.id))
 
     def probe(self) -> Probe:
         reason = not_freebsd_reason()
         if reason:
             return Probe.no(reason)
+        from .kernel import racct_enabled
+
         ok, why = racct_enabled(self.kernel)
         return Probe.yes() if ok else Probe.no(why)
 
     def check(self, spec: InstanceSpec) -> list[str]:
+        from .rctl import unsupported
+
         return unsupported(spec.resources)
 
     def _apply(self, jail: str, resources: Resources) -> list[str]:
+        from .rctl import rules_for
+
         rules = [r.text() for r in rules_for(resources, jail)]
         for rule in rules:
             self.kernel.rctl_add(rule)
         return rules
 
     def create(self, ctx: InstanceContext) -> None:
+        from .naming import jail_name
+        from .rctl import jail_filter
+
         jail = jail_name(self.config.host_tag, ctx.id)
         bag = ctx.bag("quota")
         bag["jail"] = jail
@@ -99,6 +121,8 @@ class RctlQuota(QuotaBase):
         return None  # rules follow the jail name: entering the jail is joining
 
     def update(self, ctx: InstanceContext, resources: Resources) -> None:
+        from .rctl import jail_filter, unsupported
+
         problems = unsupported(resources)
         if problems:
             raise QuotaError(f"instance {ctx.name!r}: {'; '.join(problems)}")
@@ -107,6 +131,8 @@ class RctlQuota(QuotaBase):
         ctx.bag("quota")["rules"] = self._apply(jail, resources)
 
     def stats(self, ctx: InstanceContext) -> QuotaStats:
+        from .rctl import parse_racct
+
         try:
             racct = parse_racct(self.kernel.rctl_racct(f"jail:{self._jail(ctx)}"))
         except NotFound:
@@ -114,12 +140,16 @@ class RctlQuota(QuotaBase):
         return stats_from_racct(racct, ctx.spec.resources)
 
     def pids(self, ctx: InstanceContext) -> list[int]:
+        import subprocess
+
         proc = subprocess.run(
             ["ps", "-ax", "-J", self._jail(ctx), "-o", "pid="], capture_output=True, text=True, check=False
         )
         return [int(p) for p in proc.stdout.split() if p.isdigit()]
 
     def destroy(self, ctx: InstanceContext) -> None:
+        from .rctl import jail_filter
+
         with contextlib.suppress(NotFound):
             self.kernel.rctl_remove(jail_filter(self._jail(ctx)))
         ctx.bag("quota")["rules"] = []
@@ -127,6 +157,9 @@ class RctlQuota(QuotaBase):
     def gc(self, known: Mapping[str, InstanceContext]) -> list[str]:
         if not_freebsd_reason():
             return []
+        from .naming import jail_name, jail_prefix
+        from .rctl import jail_filter, parse_rules
+
         prefix = f"jail:{jail_prefix(self.config.host_tag)}"
         mine = {jail_name(self.config.host_tag, c.id) for c in known.values()}
         try:

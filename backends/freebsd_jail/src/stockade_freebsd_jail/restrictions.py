@@ -8,10 +8,12 @@ otherwise inherit (``JAIL_DEFAULT_ALLOW``) and open exactly what ``spec.allow`` 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from stockade.features import Restriction as R
 
-from .iovec import Params
+if TYPE_CHECKING:
+    from .iovec import Params
 
 # Enforced by every jail this backend creates.
 ENFORCED: frozenset[R] = frozenset(
