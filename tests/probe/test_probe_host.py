@@ -7,10 +7,12 @@ that can never succeed. The host must be unchanged afterwards.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from stockade.testing.probe import CHECKS, HostBeacons
 
 from .probe_helpers import RunProbe, diff_state, host_state, needs_root, proc_status
@@ -150,3 +152,75 @@ def test_leaked_directory_fd_is_found(probe: Path, run_probe: RunProbe) -> None:
     finally:
         os.close(outside)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _exe_watch(probe: Path, userspec: str | None) -> tuple[str, str, str]:
+    """The probe alone in a chroot with a pid namespace and /proc of its own, watching
+    (--exe-watch) while a copy of ``sleep`` from outside the chroot enters that pid
+    namespace (nsenter: a runtime's exec). The verdict, errno and detail of the check."""
+    import signal
+    import subprocess
+    import time
+
+    for tool in ("unshare", "nsenter", "chroot", "mount"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (Debian: util-linux, coreutils, mount)")
+    top = Path(tempfile.mkdtemp(prefix="stockade-test-probe-"))
+    root, outside = top / "root", top / "outside"
+    (root / "proc").mkdir(parents=True)
+    outside.mkdir()
+    shutil.copy2(probe, root / "probe")
+    # copies of their own: the probe opens what it catches for writing (never writes)
+    runtime = outside / "runtime-sleep"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", runtime)
+    nsenter = outside / "runtime-nsenter"  # its child is the first to enter
+    shutil.copy2(shutil.which("nsenter") or "/usr/bin/nsenter", nsenter)
+    chroot = ["chroot", *([f"--userspec={userspec}"] if userspec else []), str(root)]
+    script = f'mount -t proc proc "{root}/proc" && exec "$@"'
+    cmd = ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    cmd += [*chroot, "/probe", "--only", "escape.proc_exe_write", "--exe-watch", "3000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        inner = None
+        while inner is None and time.monotonic() < deadline:  # the probe: pid 1 of the new namespace
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        if Path(f"/proc/{entry}/root").resolve() == root and os.readlink(
+                            f"/proc/{entry}/exe"
+                        ).endswith("/probe"):
+                            inner = int(entry)
+                    except OSError:
+                        continue
+            time.sleep(0.02)
+        assert inner is not None, "the probe did not start in its chroot"
+        time.sleep(0.2)  # it lists the processes already there first
+        subprocess.run([str(nsenter), "-t", str(inner), "-p", "--", str(runtime), "0.05"], check=True)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        subprocess.run(["umount", f"{root}/proc"], check=False, capture_output=True)
+        shutil.rmtree(top, ignore_errors=True)
+    from stockade.testing.probe import parse_results
+
+    r = parse_results(out)["escape.proc_exe_write"]
+    return r.verdict, r.errno or "", r.detail.replace(str(outside), "OUTSIDE")
+
+
+def test_exe_watch_catches_a_runtime_binary_entering(probe: Path) -> None:
+    """The CVE-2019-5736 check detects success: root in a plain chroot holds the binary of a
+    process that entered its pid namespace from outside and reopens it for writing once
+    the process is gone (closed at once: nothing is written)."""
+    verdict, _errno, detail = _exe_watch(probe, None)
+    assert verdict == "allowed", detail
+    assert re.search(r"OUTSIDE/runtime-(sleep|nsenter) \(opened for writing\)", detail), detail
+
+
+def test_exe_watch_refused_to_another_user(probe: Path) -> None:
+    """The same entry seen by an unprivileged user: the root-owned process's exe cannot be
+    held (EACCES: the ptrace access check of /proc/PID/exe), so the check is forbidden."""
+    verdict, errno, detail = _exe_watch(probe, "65534:65534")
+    assert (verdict, errno) == ("forbidden", "EACCES"), detail

@@ -1,12 +1,15 @@
 """The chroot backend through stockade's conformance suite: it must pass as declared.
 
-Run: .venv/bin/pytest -p stockade.testing examples/chroot_backend/tests
-(with the package installed; otherwise the suite's own tests register it in-process).
+Run: .venv/bin/pytest examples/chroot_backend/tests (with the package installed: the
+backend is found through its entry point). The module names the plugin itself
+(``pytest_plugins``); ``-p stockade.testing`` on the command line does the same.
 """
 
 from __future__ import annotations
 
 from stockade.testing import BackendChoice, ConformanceSuite
+
+pytest_plugins = ["stockade.testing"]
 
 
 class TestChroot(ConformanceSuite):

@@ -8,15 +8,21 @@ relaxed too; what this kernel cannot show is reported as inconclusive, with its 
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from ..errors import StockadeError
 from ..features import Restriction
-from .harness import run_once
+from .harness import run_once, running
 from .outcomes import cannot_run
 from .probe import CHECKS, CONTROLS, HostBeacons, ProbeResult, parse_facts, parse_results
-from .subject import PROBE_PATH, Subject
+from .subject import EXE_TRAP_PATH, PROBE_PATH, Subject
+
+EXE_CHECK = "escape.proc_exe_write"
+EXE_WATCH_MS = 2500
 
 R = Restriction
 # Checks that can only come out allowed when another restriction is relaxed as well.
@@ -72,6 +78,42 @@ def probe_in_instance(
         args += ["--only", prefix]
     out = run_once(subject, args, prefix="probe", allow=sorted(r.value for r in allow))
     return ProbeRun(parse_results(out.stdout), parse_facts(out.stdout), out.status, out.stderr)
+
+
+def probe_exe_escape(
+    subject: Subject, beacons: HostBeacons, *, allow: Iterable[Restriction] = ()
+) -> ProbeRun:
+    """escape.proc_exe_write as runc CVE-2019-5736 is exploited: the probe watches /proc
+    while the suite execs the image's ``#!/proc/self/exe`` script into the instance again
+    and again, so the runtime's own process enters it (and, if the exec goes through, its
+    binary runs there); the probe tries to hold that binary and reopen it for writing."""
+    if subject.probe_problem:
+        cannot_run(subject.probe_problem)
+    args = [PROBE_PATH, *beacons.args(), "--only", EXE_CHECK, "--exe-watch", str(EXE_WATCH_MS)]
+    execs, refused = 0, ""
+    with running(subject, args, prefix="probe-exe", allow=sorted(r.value for r in allow)) as inst:
+        log = subject.root / f"{inst.name}.log"
+        deadline = time.monotonic() + EXE_WATCH_MS / 1000 + 10
+        time.sleep(0.1)  # the probe lists the processes already there first
+        while inst.refresh().status == "running" and time.monotonic() < deadline:
+            try:
+                inst.run([EXE_TRAP_PATH], timeout=5)
+            except StockadeError as e:  # a refused exec still brought the runtime in
+                refused = str(e)
+            execs += 1
+            time.sleep(0.02)
+        status = inst.wait(timeout=10)
+    try:
+        out = log.read_text(errors="replace")
+    finally:
+        with contextlib.suppress(OSError):
+            log.unlink()
+    results = parse_results(out)
+    r = results.get(EXE_CHECK)
+    if r is not None:
+        why = f"; the exec itself failed: {refused}" if refused else ""
+        results[EXE_CHECK] = replace(r, detail=f"{r.detail} ({execs} execs of {EXE_TRAP_PATH}{why})")
+    return ProbeRun(results, parse_facts(out), status, "")
 
 
 def probe_on_host(probe: str, beacons: HostBeacons, only: Iterable[str]) -> ProbeRun:

@@ -9,7 +9,9 @@ plus the in-instance probe). A missing host prerequisite is a "cannot run here" 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ from .outcomes import cannot_run
 IMAGE = "stockade-conformance"
 PROBE_PATH = "/.stockade-probe"
 MARKER_PATH = "/.stockade-conformance"
+# A script whose interpreter is /proc/self/exe: whatever execs it runs its own binary inside
+# the instance (runc CVE-2019-5736); the probe's escape.proc_exe_write watches for that.
+EXE_TRAP_PATH = "/.stockade-exe-trap"
 ROOT_PREFIX = "stockade-test-"
 
 
@@ -116,11 +121,47 @@ def build_image(subject: Subject) -> None:
             shutil.copy2(probe_binary(), src / PROBE_PATH.lstrip("/"))
         except ProbeError as e:
             subject.probe_problem = str(e)
+        trap = src / EXE_TRAP_PATH.lstrip("/")
+        trap.write_text("#!/proc/self/exe\n")
+        trap.chmod(0o755)
+        # The ELF interpreter the runtime's binary names, as any glibc image has it: a host
+        # binary exec'd into the instance through the trap must start, not fail for want of it
+        interp = elf_interpreter(os.path.realpath(sys.executable))
+        if interp and os.path.isfile(interp):
+            dest = src / interp.lstrip("/")
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(interp, dest)
         subject.marker = secrets.token_hex(8)
         (src / MARKER_PATH.lstrip("/")).write_text(subject.marker + "\n")
         subject.storage.import_image(subject.image, src)
     finally:
         shutil.rmtree(src, ignore_errors=True)
+
+
+def elf_interpreter(path: str) -> str | None:
+    """The PT_INTERP of a 64-bit little-endian ELF file (its dynamic loader), or None."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+                return None
+            (phoff,) = struct.unpack_from("<Q", head, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from(
+                    "<IIQQQQ", table, i * phentsize
+                )
+                if p_type == 3:  # PT_INTERP
+                    f.seek(p_offset)
+                    return f.read(p_filesz).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
 
 
 def make_root(parent: str | None) -> Path:

@@ -10,7 +10,7 @@ from ..features import Restriction
 from .marks import requires
 from .outcomes import inconclusive
 from .plugin import note
-from .probing import ProbeRun, judge_enforced, judge_relaxed, probe_in_instance
+from .probing import EXE_CHECK, ProbeRun, judge_enforced, judge_relaxed, probe_exe_escape, probe_in_instance
 from .subject import Subject
 
 ENFORCED = [pytest.param(r, id=r.value, marks=requires(r)) for r in Restriction]
@@ -23,8 +23,14 @@ class RestrictionSuite:
     @pytest.fixture(scope="class")
     @classmethod
     def probe_default(cls, stockade_subject: Subject, stockade_beacons: Any) -> ProbeRun:
-        """One probe run in an instance with the defaults, shared by every restriction."""
-        return probe_in_instance(stockade_subject, stockade_beacons)
+        """One probe run in an instance with the defaults, shared by every restriction; the
+        /proc/PID/exe escape from a second run that watches the runtime exec into it."""
+        run = probe_in_instance(stockade_subject, stockade_beacons)
+        if EXE_CHECK in run.results:
+            exe = probe_exe_escape(stockade_subject, stockade_beacons).results.get(EXE_CHECK)
+            if exe is not None:
+                run.results[EXE_CHECK] = exe
+        return run
 
     @pytest.mark.parametrize("restriction", ENFORCED)
     def test_restriction_enforced(self, restriction: Restriction, request: pytest.FixtureRequest) -> None:

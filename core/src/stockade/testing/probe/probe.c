@@ -56,6 +56,7 @@
 #include <sys/un.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <sys/io.h>
@@ -142,6 +143,7 @@ static struct {
     int n_flag_dirs;
     const char *only[32];
     int n_only;
+    long exe_watch_ms;
 } opt = {.host_pid = -1, .host_port = -1};
 
 static char scratch[4096]; /* private temp dir, removed at exit */
@@ -1437,8 +1439,148 @@ static void check_release_agent(void) {
         emit("escape.release_agent", INCONCLUSIVE, r.err, "%s%s", prefix, r.detail);
 }
 
+/* Is the file open on fd outside our root: its path, seen from here, does not lead to it? */
+static int file_outside_root(int fd, const char *target) {
+    struct stat st, there;
+    if (fstat(fd, &st) < 0) return -1;
+    if (!target[0] || strstr(target, " (deleted)")) return 1; /* no path here leads to it */
+    return !(stat(target, &there) == 0 && there.st_dev == st.st_dev && there.st_ino == st.st_ino);
+}
+
+struct exe_watch {
+    int seen;       /* new processes seen */
+    int refused;    /* of those, the exe or the write-open refused */
+    int err;        /* the refusal's errno */
+    int inside;     /* exe inside our root (not a runtime binary) */
+    int txtbsy;     /* still running at the deadline */
+    char ok[400];   /* pid:exe reopened for writing */
+    char why[300];  /* the first refusal */
+};
+
+/* The runc CVE-2019-5736 attack: a process entering the instance from outside (a
+ * runtime's exec, made to run `#!/proc/self/exe`) is caught through /proc; its exe is
+ * held with O_PATH, and once the process stops running it the fd is reopened for
+ * writing through /proc/self/fd. Watches for `ms` milliseconds; never writes. */
+static void watch_exe(long ms, struct exe_watch *w) {
+    memset(w, 0, sizeof *w);
+    long known[1024];
+    int nknown = 0;
+    pid_t self = getpid();
+    DIR *d = opendir("/proc");
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d)) && nknown < 1024) { /* already there: not entering */
+        char *end;
+        long pid = strtol(de->d_name, &end, 10);
+        if (!*end && pid > 0) known[nknown++] = pid;
+    }
+    closedir(d);
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long elapsed = 0;
+    while (elapsed < ms && !w->ok[0]) {
+        d = opendir("/proc");
+        if (!d) return;
+        while ((de = readdir(d)) && !w->ok[0]) {
+            char *end;
+            long pid = strtol(de->d_name, &end, 10);
+            if (*end || pid <= 0 || pid == self) continue;
+            int old = 0;
+            for (int i = 0; i < nknown; i++) old |= known[i] == pid;
+            if (old) continue;
+            char path[64], target[256];
+            snprintf(path, sizeof path, "/proc/%ld/exe", pid);
+            int fd = open(path, O_PATH | O_CLOEXEC);
+            if (fd < 0) {
+                /* non-dumpable while the runtime sets up: try again after its exec */
+                if (denied(errno) && !w->err) {
+                    w->err = errno;
+                    snprintf(w->why, sizeof w->why, "pid %ld: open %s O_PATH: %s", pid, path,
+                             errname(errno));
+                }
+                continue;
+            }
+            ssize_t tl = readlink(path, target, sizeof target - 1);
+            target[tl > 0 ? tl : 0] = 0;
+            if (nknown < 1024) known[nknown++] = pid; /* once it is held, done with it */
+            w->seen++;
+            if (file_outside_root(fd, target) != 1) {
+                w->inside++;
+                close(fd);
+                continue;
+            }
+            char again[64];
+            snprintf(again, sizeof again, "/proc/self/fd/%d", fd);
+            int e = ETXTBSY;
+            long until = elapsed + 300;
+            while (e == ETXTBSY && elapsed < until) { /* until the process stops running it */
+                int wfd = open(again, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+                e = wfd < 0 ? errno : 0;
+                if (wfd >= 0) close(wfd); /* nothing written */
+                if (e == ETXTBSY) usleep(500);
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                elapsed = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+            }
+            /* Still text-busy: the binary runs elsewhere too (a runtime that stays, or
+             * another user of it). The attacker keeps the fd and waits; whether the write
+             * would then be let through is the permission check, asked without opening. */
+            int busy_but_writable = 0;
+            if (e == ETXTBSY) {
+                if (faccessat(AT_FDCWD, again, W_OK, AT_EACCESS) == 0)
+                    busy_but_writable = 1;
+                else if (denied(errno))
+                    e = errno;
+            }
+            close(fd);
+            if (e == 0 || busy_but_writable) {
+                snprintf(w->ok, sizeof w->ok, "pid %ld: %s%s", pid, target,
+                         e == 0 ? " (opened for writing)"
+                                : " (still running elsewhere: ETXTBSY; write access granted by "
+                                  "faccessat, so writable once it stops)");
+            } else if (e == ETXTBSY) {
+                w->txtbsy++;
+            } else {
+                w->refused++;
+                w->err = e;
+                snprintf(w->why, sizeof w->why, "pid %ld: %s reopened for writing: %s", pid,
+                         target, errname(e));
+            }
+        }
+        closedir(d);
+        usleep(200);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        elapsed = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+    }
+}
+
 static void check_proc_exe(void) {
     if (!selected("escape.proc_exe_write")) return;
+    if (opt.exe_watch_ms > 0) {
+        struct exe_watch w;
+        watch_exe(opt.exe_watch_ms, &w);
+        if (w.ok[0]) {
+            emit("escape.proc_exe_write", ALLOWED, 0,
+                 "a binary from outside the root, run by a process entering the instance, is "
+                 "held through /proc/PID/exe and writable through /proc/self/fd (closed, "
+                 "nothing written): %s",
+                 w.ok);
+            return;
+        }
+        /* refused: held and its reopen refused, or a process entered whose exe could
+         * never be held at all (non-dumpable, another user) */
+        if (w.err && !w.txtbsy && (w.refused || w.seen == w.inside)) {
+            emit("escape.proc_exe_write", FORBIDDEN, w.err,
+                 "watched %ld ms: %d process(es) held, %d refused for writing, %d running the "
+                 "instance's own binaries; %s",
+                 opt.exe_watch_ms, w.seen, w.refused, w.inside, w.why);
+            return;
+        }
+        emit("escape.proc_exe_write", INCONCLUSIVE, w.err,
+             "watched %ld ms: %d process(es) entered, %d running the instance's own binaries, %d "
+             "still running at the end, %d refused%s%s",
+             opt.exe_watch_ms, w.seen, w.inside, w.txtbsy, w.refused, w.why[0] ? ": " : "", w.why);
+        return;
+    }
     DIR *d = opendir("/proc");
     if (!d) {
         emit("escape.proc_exe_write", INCONCLUSIVE, errno, "cannot list /proc");
@@ -1757,7 +1899,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: probe [--host-pid PID] [--host-port PORT] [--host-abstract NAME]\n"
             "             [--host-keyring ID] [--host-token TOKEN] [--host-iface NAME[=MAC]]...\n"
-            "             [--scratch DIR] [--flags-dir DIR]... [--only CHECK]... [--list]\n");
+            "             [--scratch DIR] [--flags-dir DIR]... [--only CHECK]... [--exe-watch MS]\n"
+            "             [--list]\n");
     exit(2);
 }
 
@@ -1790,6 +1933,8 @@ int main(int argc, char **argv) {
             opt.scratch_base = v;
         else if (strcmp(a, "--flags-dir") == 0 && opt.n_flag_dirs < MAX_FLAG_DIRS)
             opt.flag_dirs[opt.n_flag_dirs++] = v;
+        else if (strcmp(a, "--exe-watch") == 0)
+            opt.exe_watch_ms = atol(v);
         else if (strcmp(a, "--only") == 0 && opt.n_only < 32)
             opt.only[opt.n_only++] = v;
         else
