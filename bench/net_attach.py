@@ -7,6 +7,8 @@ Each run: a fresh namespace (a sleeping child that unshared CLONE_NEWNET), then
             the namespace) + addresses + lo/eth0 up + default routes, v4 and v6;
   netlink:  the kernel part alone (veth + inside configuration), no lease/files;
   ip:       the same kernel work as `ip` commands (what a shell script does).
+The "+ netns" rows add making the namespace: for stockade, the child's fork + unshare
+(what an instance's PID 1 does); for ip, `ip netns add` (and the rest with `ip -n`).
 Medians in ms. Uses its own root in /tmp/stockade-test-bench-*, subnets in 10.213/16.
 """
 
@@ -42,7 +44,13 @@ def main() -> None:
     v4, v6 = net.subnets
     p4 = v4.rsplit(".", 1)[0]
     p6 = v6.split("::")[0]
-    times: dict[str, list[float]] = {"stockade attach": [], "netlink only": [], "ip commands": []}
+    times: dict[str, list[float]] = {
+        "stockade attach": [],
+        "netlink only": [],
+        "ip commands": [],
+        "stockade + netns": [],
+        "ip + netns": [],
+    }
     try:
         # warm-up: imports, the cached host socket, libnftables
         ns = Netns()
@@ -51,11 +59,14 @@ def main() -> None:
         detach_instance_network(ctx)
         ns.close()
         for i in range(args.runs):
-            ns = Netns()
             ctx = make_ctx(config, f"b{i}", "bench")
+            tn = time.perf_counter()
+            ns = Netns()
             t0 = time.perf_counter()
             attach_instance_network(ctx, ns.path)
-            times["stockade attach"].append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            times["stockade attach"].append(t1 - t0)
+            times["stockade + netns"].append(t1 - tn)
             ns.close()  # dropping the namespace removes the pair
             detach_instance_network(ctx)
 
@@ -99,6 +110,42 @@ def main() -> None:
                 subprocess.run(c, check=True)
             times["ip commands"].append(time.perf_counter() - t0)
             ns.close()
+
+            name = f"stkbench{uuid.uuid4().hex[:6]}"
+            link = f"stkbj{i:02d}{uuid.uuid4().hex[:4]}"
+            inside = ["ip", "-n", name]
+            cmds = [
+                ["ip", "netns", "add", name],
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    link,
+                    "mtu",
+                    "1500",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    name,
+                ],
+                ["ip", "link", "set", link, "master", net.bridge, "up"],
+                [*inside, "addr", "add", f"{p4}.202/24", "dev", "eth0"],
+                [*inside, "addr", "add", f"{p6}::202/64", "dev", "eth0", "nodad"],
+                [*inside, "link", "set", "lo", "up"],
+                [*inside, "link", "set", "eth0", "up"],
+                [*inside, "route", "add", "default", "via", net.gateways[0]],
+                [*inside, "-6", "route", "add", "default", "via", net.gateways[1]],
+            ]
+            t0 = time.perf_counter()
+            try:
+                for c in cmds:
+                    subprocess.run(c, check=True)
+                times["ip + netns"].append(time.perf_counter() - t0)
+            finally:
+                subprocess.run(["ip", "netns", "del", name], check=False)
     finally:
         nets.delete("bench")
         nets.gc([])

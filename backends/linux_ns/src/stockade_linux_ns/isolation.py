@@ -36,6 +36,21 @@ def _hosts_text(hostname: str) -> str:
     return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
 
 
+def _etc_texts(spec: InstanceSpec) -> list[tuple[str, str]]:
+    """The run_dir files bind-mounted on /etc, with their first contents.
+
+    A bridged instance's resolv.conf is made here, before the root is set up (the
+    network is attached later, once PID 1 has its namespace): the bind mount needs the
+    file, and the attach rewrites it in place."""
+    hostname = spec.effective_hostname
+    out = [("hostname", hostname + "\n"), ("hosts", _hosts_text(hostname))]
+    if spec.network.mode == "bridge":
+        from .net.hostsfile import render_resolv
+
+        out.append(("resolv.conf", render_resolv(spec.network.dns)))
+    return out
+
+
 def _network_hooks() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     try:
         from .net import attach_instance_network, detach_instance_network
@@ -321,9 +336,8 @@ class LinuxNsIsolation(IsolationBase):
     # --- plans -------------------------------------------------------------------------
 
     def _etc_files(self, ctx: InstanceContext, made: list[str]) -> tuple[tuple[str, str], ...]:
-        hostname = ctx.spec.effective_hostname
         binds: list[tuple[str, str]] = []
-        for name, text in (("hostname", hostname + "\n"), ("hosts", _hosts_text(hostname))):
+        for name, text in _etc_texts(ctx.spec):
             path = ctx.run_dir / name
             if not path.exists():
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -334,7 +348,7 @@ class LinuxNsIsolation(IsolationBase):
                 made.append(name)
             binds.append((str(path), f"/etc/{name}"))
         resolv = ctx.run_dir / "resolv.conf"
-        if resolv.exists():
+        if resolv.exists() and str(resolv) not in (h for h, _ in binds):
             binds.append((str(resolv), "/etc/resolv.conf"))
         return tuple(binds)
 

@@ -217,7 +217,11 @@ def setup(plan: RootPlan) -> None:
             except OSError:
                 continue  # a read-only image without that file: leave it out
         if os.path.isfile(target):
+            # Read-only: the files live on the host (its /run), stockade rewrites them in
+            # place (hosts, as a network's members change), and the instance must not be
+            # able to fill the host's file system through them.
             linux.mount(host_file, target, None, MS_BIND)
+            remount(target, MS_RDONLY)
 
     for m in plan.mounts:
         _spec_mount(root, m)

@@ -532,7 +532,7 @@ def restore(
 ) -> Spawned:
     """Restore the checkpoint in ``images`` as instance ``ctx`` (storage and quota ready)."""
     from .. import syscalls
-    from ..isolation import _hosts_text
+    from ..isolation import _etc_texts
 
     if ctx.rootfs is None:
         raise IsolationError(f"instance {ctx.name!r}: no root file system to restore into")
@@ -544,8 +544,7 @@ def restore(
     made_run_dir = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     made: list[str] = []
-    hostname = ctx.spec.effective_hostname
-    for name, text in (("hostname", hostname + "\n"), ("hosts", _hosts_text(hostname))):
+    for name, text in _etc_texts(ctx.spec):
         path = run_dir / name
         if not path.exists():
             path.write_text(text)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from stockade.errors import IsolationError, SpecError
@@ -14,6 +14,13 @@ IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 # The default network's ranges (docs/networking.md): private, and unlike 172.17/16
 # (docker) or 10.0.0.0/8 corners commonly routed by sites, rarely in use already.
 DEFAULT_SUBNETS = ("10.88.0.0/16", "fd00:88::/64")
+
+
+# A network created without --subnet gets the first free pair 10.89.N.0/24 +
+# fd00:89:N::/64 (N = 0..255), as podman allocates 10.89.N.0/24 to its networks.
+def auto_subnets() -> Iterator[tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]]:
+    for n in range(256):
+        yield ipaddress.IPv4Network(f"10.89.{n}.0/24"), ipaddress.IPv6Network(f"fd00:89:{n:x}::/64")
 
 
 def parse_subnets(subnets: Sequence[str]) -> list[IPNet]:

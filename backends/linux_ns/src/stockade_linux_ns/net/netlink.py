@@ -100,13 +100,16 @@ def ensure_bridge(name: str, gateways: Sequence[str], mtu: int | None, alias: st
     with host() as ipr:
         idx = _index(ipr, name)
         if idx is None:
-            kw: dict[str, Any] = {"ifname": name, "kind": "bridge"}
-            if mtu:
-                kw["mtu"] = mtu
-            ipr.link("add", **kw)
+            ipr.link("add", ifname=name, kind="bridge")
             idx = _index(ipr, name)
             assert idx is not None
             ipr.link("set", index=idx, ifalias=alias)
+        if mtu:
+            # Set, not given at creation: only an MTU set on the bridge afterwards counts as
+            # the user's, which the kernel then keeps; otherwise the bridge takes the
+            # smallest MTU of its ports (one instance with network.mtu = 1280 would lower
+            # the whole network's).
+            ipr.link("set", index=idx, mtu=mtu)
         have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
         for addr, plen, flags in _iface_addrs(gateways):
             if (addr, plen) not in have:

@@ -193,22 +193,13 @@ class Networks:
             raise SpecError([("mtu", f"{mtu} is out of range (576..65535)")])
         if self.store.load(name) is not None:
             raise AlreadyExists(f"network {name!r} already exists (see `stockade network inspect {name}`)")
+        if not subnets:
+            subnets = self._free_subnets()
         nets = ipam.parse_subnets(subnets)
-        problems = []
-        for other in self.store.names():
-            odef = self.store.load(other) or {}
-            for s in odef.get("subnets", []):
-                for net in nets:
-                    onet = ipaddress.ip_network(s)
-                    if onet.version == net.version and onet.overlaps(net):
-                        problems.append(("subnets", f"{net} overlaps network {other!r} ({s})"))
-        bridge = bridge_name(self.tag, name)
-        for hit in netlink.host_overlaps(nets, exclude_prefix=link_prefix(self.tag)):
-            problems.append(
-                ("subnets", f"{hit} on this host overlaps the subnet: pick another range (--subnet)")
-            )
+        problems = self._overlaps(nets)
         if problems:
             raise SpecError(problems)
+        bridge = bridge_name(self.tag, name)
         defn: dict[str, Any] = {
             "name": name,
             "bridge": bridge,
@@ -226,6 +217,31 @@ class Networks:
         self.store.save(name, defn)
         _up.add((str(self.config.root), name, float(defn["created"])))
         return defn
+
+    def _overlaps(self, nets: builtins.list[ipam.IPNet]) -> builtins.list[tuple[str, str]]:
+        """Why these subnets cannot be used: other networks of the root, host addresses/routes."""
+        from . import netlink
+
+        problems = []
+        for other in self.store.names():
+            odef = self.store.load(other) or {}
+            for s in odef.get("subnets", []):
+                for net in nets:
+                    onet = ipaddress.ip_network(s)
+                    if onet.version == net.version and onet.overlaps(net):
+                        problems.append(("subnets", f"{net} overlaps network {other!r} ({s})"))
+        for hit in netlink.host_overlaps(nets, exclude_prefix=link_prefix(self.tag)):
+            problems.append(
+                ("subnets", f"{hit} on this host overlaps the subnet: pick another range (--subnet)")
+            )
+        return problems
+
+    def _free_subnets(self) -> builtins.list[str]:
+        """No --subnet given: the first free pair of ipam.auto_subnets() (like podman's 10.89.N/24)."""
+        for v4, v6 in ipam.auto_subnets():
+            if not self._overlaps([v4, v6]):
+                return [str(v4), str(v6)]
+        raise SpecError([("subnets", "no free subnet left in the automatic ranges: give one with --subnet")])
 
     def _bring_up(self, defn: dict[str, Any]) -> None:
         """Bridge and firewall present (again, after a reboot). Idempotent."""
