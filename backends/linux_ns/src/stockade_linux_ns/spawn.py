@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 from stockade.interfaces import Join, JoinFn, Stdio
 from stockade.spec import DEFAULT_ENV, Process, UserNamespace
 
-from . import caps, rootfs, seccomp, syscalls
+from . import caps, rootfs, seccomp, syscalls, trampoline
 
 _O_CLOEXEC = os.O_CLOEXEC
 TIOCSCTTY = 0x540E
@@ -118,6 +118,15 @@ def _run_child(status_w: int, body: Callable[[], None]) -> NoReturn:
             _send(status_w, "error " + one_line(e))
     finally:
         os._exit(code)
+
+
+EXEC_ERRNO = "exec-errno "  # the trampoline's report when the command's own exec fails
+
+
+def _error_text(msg: str, proc: Process) -> str:
+    if msg.startswith(EXEC_ERRNO):
+        return f"cannot run {proc.args[0]!r}: {os.strerror(int(msg[len(EXEC_ERRNO) :]))}"
+    return msg[6:]
 
 
 def _keep_only_fds(keep: list[int]) -> None:
@@ -228,8 +237,13 @@ def _check_cwd(proc: Process, create: bool) -> None:
     raise SetupFailed(f"process.cwd {proc.cwd!r}: no such directory")
 
 
-def become(plan: ProcPlan, path: str) -> NoReturn:
-    """Drop to the spec's user and restrictions and exec. Runs in the final process."""
+def become(plan: ProcPlan, path: str, report_fd: int, prefix: str) -> NoReturn:
+    """Drop to the spec's user and restrictions and exec. Runs in the final process.
+
+    The exec goes through :mod:`.trampoline`, never straight from this (host) binary; if
+    that exec fails, ``prefix`` and the errno in decimal are written to ``report_fd``.
+    """
+    exe = trampoline.sealed_fd() if trampoline.available() else -1
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; the command must not
         signal.signal(sig, signal.SIG_DFL)
@@ -241,7 +255,9 @@ def become(plan: ProcPlan, path: str) -> NoReturn:
     # Every fd the caller had (and we opened) is closed by the exec; stdio stays.
     syscalls.close_range_cloexec(3)
     seccomp.load(plan.seccomp)
-    os.execve(path, list(p.args), dict(p.env))
+    if exe < 0:
+        os.execve(path, list(p.args), dict(p.env))
+    trampoline.execve(exe, path, list(p.args), dict(p.env), report_fd=report_fd, prefix=prefix)
 
 
 def loopback_up() -> None:
@@ -530,7 +546,8 @@ def _pid1(  # noqa: PLR0917
     _send(status_w, "ready")
     os.read(fifo_fd, 1)
     try:
-        become(plan.proc, path)
+        name = plan.proc.process.args[0]
+        become(plan.proc, path, 2, f"stockade: cannot start {name!r}: execve failed with errno ")
     except BaseException as e:
         # Nobody listens on the status pipe after "ready": say it where the user looks.
         try:
@@ -590,11 +607,11 @@ def launch_exec(ns: list[tuple[str, int, int]], plan: ProcPlan, join: JoinFn) ->
         for msg in _messages(status_r):
             if msg.startswith("pid "):
                 pid = int(msg[4:])
-            elif msg.startswith("error "):
+            elif msg.startswith(("error ", EXEC_ERRNO)):
                 pid = _drain_pid(status_r, pid)
                 _reap(launcher)
                 unreaped = None
-                raise SetupFailed(msg[6:])
+                raise SetupFailed(_error_text(msg, plan.process))
         # EOF: the process exec'd (the pipe is close-on-exec) or the launcher died.
         _reap(launcher)
         unreaped = None  # its pid may be reused from now on
@@ -635,4 +652,4 @@ def _exec_child(plan: ProcPlan, status_w: int, sock: Any) -> None:
     if sock is not None:
         _terminal(sock)
         sock.close()
-    become(plan, path)
+    become(plan, path, status_w, EXEC_ERRNO)

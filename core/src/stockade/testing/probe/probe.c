@@ -1447,6 +1447,20 @@ static int file_outside_root(int fd, const char *target) {
     return !(stat(target, &there) == 0 && there.st_dev == st.st_dev && there.st_ino == st.st_ino);
 }
 
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+
+/* A memfd sealed against writing (runc's CVE-2019-5736 fix, and stockade's) opens for
+ * writing like any file, but every write to it is refused with EPERM. */
+static int write_sealed(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) return 0;
+    int seals = fcntl(fd, F_GET_SEALS);
+    close(fd);
+    return seals > 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE));
+}
+
 struct exe_watch {
     int seen;       /* new processes seen */
     int refused;    /* of those, the exe or the write-open refused */
@@ -1524,7 +1538,11 @@ static void watch_exe(long ms, struct exe_watch *w) {
             /* Still text-busy: the binary runs elsewhere too (a runtime that stays, or
              * another user of it). The attacker keeps the fd and waits; whether the write
              * would then be let through is the permission check, asked without opening. */
-            int busy_but_writable = 0;
+            int busy_but_writable = 0, sealed = 0;
+            if ((e == 0 || e == ETXTBSY) && write_sealed(again)) {
+                e = EPERM;
+                sealed = 1;
+            }
             if (e == ETXTBSY) {
                 if (faccessat(AT_FDCWD, again, W_OK, AT_EACCESS) == 0)
                     busy_but_writable = 1;
@@ -1542,8 +1560,8 @@ static void watch_exe(long ms, struct exe_watch *w) {
             } else {
                 w->refused++;
                 w->err = e;
-                snprintf(w->why, sizeof w->why, "pid %ld: %s reopened for writing: %s", pid,
-                         target, errname(e));
+                snprintf(w->why, sizeof w->why, "pid %ld: %s reopened for writing: %s%s", pid,
+                         target, errname(e), sealed ? " (sealed against writes)" : "");
             }
         }
         closedir(d);

@@ -1,0 +1,145 @@
+"""The last exec into an instance goes through a sealed in-memory program (CVE-2019-5736).
+
+Whatever process calls execve is, until the exec completes, what ``/proc/self/exe`` means.
+If that process is this runtime, a ``#!/proc/self/exe`` script (or an ELF whose
+PT_INTERP is ``/proc/self/exe``) makes the kernel run the host's Python binary inside the
+instance; a process there can hold it through ``/proc/PID/exe`` and, without a user
+namespace, write it once it stops. runc's fix is to run from a sealed memfd copy of
+itself. Copying a Python interpreter per exec would cost milliseconds, so instead the
+runtime execs a ~190-byte program from a sealed memfd, which execs the command. The
+instance can then only ever reach that memfd, whose seals refuse every write.
+
+The program (x86-64; ``as`` source kept beside the bytes, so they can be rebuilt and
+checked): ``argv[0]`` is ``0x7f``, the report fd + 1 (1: none) and a failure prefix;
+``argv[1]`` the path; ``argv[2:]`` the command's argv. It marks the report fd
+close-on-exec and calls execve; if that fails it writes the prefix and the errno in
+decimal to the report fd and exits 127. Started any other way (e.g. as the interpreter
+of ``#!/proc/self/exe``) it exits 127 at once.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import NoReturn
+
+_SOURCE_X86_64 = """
+    mov rbx, [rsp]              # argc
+    lea r12, [rsp+16+rbx*8]     # envp
+    cmp rbx, 2
+    jb 9f
+    mov r14, [rsp+8]            # argv[0]
+    cmp byte ptr [r14], 0x7f
+    jne 9f
+    movzx r13d, byte ptr [r14+1]
+    dec r13d
+    js 1f
+    mov edi, r13d               # fcntl(fd, F_SETFD, FD_CLOEXEC)
+    mov esi, 2
+    mov edx, 1
+    mov eax, 72
+    syscall
+1:  mov rdi, [rsp+16]           # execve(argv[1], &argv[2], envp)
+    lea rsi, [rsp+24]
+    mov rdx, r12
+    mov eax, 59
+    syscall
+    neg eax
+    mov r15d, eax               # errno
+    test r13d, r13d
+    js 9f
+    lea rsi, [r14+2]            # write(fd, prefix, strlen(prefix))
+    xor edx, edx
+2:  cmp byte ptr [rsi+rdx], 0
+    je 3f
+    inc edx
+    jmp 2b
+3:  mov edi, r13d
+    mov eax, 1
+    syscall
+    sub rsp, 16                 # write(fd, decimal errno + "\\n")
+    lea rsi, [rsp+15]
+    mov byte ptr [rsi], 10
+    mov eax, r15d
+    mov ecx, 10
+4:  xor edx, edx
+    div ecx
+    add dl, 48
+    dec rsi
+    mov [rsi], dl
+    test eax, eax
+    jnz 4b
+    lea rdx, [rsp+16]
+    sub rdx, rsi
+    mov edi, r13d
+    mov eax, 1
+    syscall
+9:  mov edi, 127                # exit_group(127)
+    mov eax, 231
+    syscall
+"""
+
+_CODE_X86_64 = bytes.fromhex(
+    "488b1c244c8d64dc104883fb020f829b0000004c8b74240841803e7f0f858c000000450fb66e0141ffcd78"
+    "144489efbe02000000ba01000000b8480000000f05488b7c2410488d7424184c89e2b83b0000000f05f7d8"
+    "4189c74585ed7850498d760231d2803c16007404ffc2ebf64489efb8010000000f054883ec10488d74240f"
+    "c6060a4489f8b90a00000031d2f7f180c23048ffce881685c075f0488d5424104829f24489efb801000000"
+    "0f05bf7f000000b8e70000000f05"
+)
+
+_MACHINES = {"x86_64": (62, _CODE_X86_64)}
+_BASE = 0x400000
+_F_ADD_SEALS, _F_SEAL_SEAL, _F_SEAL_SHRINK, _F_SEAL_GROW, _F_SEAL_WRITE = 1033, 1, 2, 4, 8
+_MFD_EXEC = 0x10  # kernels >= 6.3 with vm.memfd_noexec: ask for an executable memfd
+
+
+def available() -> bool:
+    return os.uname().machine in _MACHINES
+
+
+def elf() -> bytes:
+    """A static ELF: the header, PT_LOAD (the whole file, r-x) and PT_GNU_STACK (rw-)."""
+    machine, code = _MACHINES[os.uname().machine]
+    ehsize, phsize, phnum = 64, 56, 2
+    entry = _BASE + ehsize + phsize * phnum
+    size = ehsize + phsize * phnum + len(code)
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, little-endian, version 1
+    fields = (2, machine, 1, entry, ehsize, 0, 0, ehsize, phsize, phnum, 0, 0, 0)  # ET_EXEC
+    header = ident + struct.pack("<HHIQQQIHHHHHH", *fields)
+    load = struct.pack("<IIQQQQQQ", 1, 5, 0, _BASE, _BASE, size, size, 0x1000)
+    stack = struct.pack("<IIQQQQQQ", 0x6474E551, 6, 0, 0, 0, 0, 0, 16)
+    return header + load + stack + code
+
+
+def sealed_fd() -> int:
+    """A close-on-exec memfd holding the program, sealed against every change."""
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    try:
+        fd = os.memfd_create("stockade-exec", flags | _MFD_EXEC)
+    except OSError:
+        fd = os.memfd_create("stockade-exec", flags)  # before 6.3: no such flag
+    try:
+        os.write(fd, elf())
+        import fcntl
+
+        fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SEAL | _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def execve(
+    fd: int, path: str, args: list[str], env: dict[str, str], *, report_fd: int, prefix: str
+) -> NoReturn:
+    """Exec ``path`` through the program in ``fd`` (from :func:`sealed_fd`).
+
+    On failure the program writes ``prefix`` and the errno to ``report_fd`` (-1: nowhere);
+    ``report_fd`` must be below 255 and is closed by the successful exec.
+    """
+    if 0 <= report_fd <= 2:  # the program closes it on success: report to a copy
+        report_fd = os.dup(report_fd)
+    if report_fd >= 0:
+        os.set_inheritable(report_fd, True)
+    head = b"\x7f" + bytes([report_fd + 1 if 0 <= report_fd < 255 else 1]) + prefix.encode(errors="replace")
+    os.execve(fd, [head, path.encode(), *(a.encode() for a in args)], env)
