@@ -19,6 +19,7 @@ of ``#!/proc/self/exe``) it exits 127 at once.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from typing import NoReturn
@@ -116,8 +117,12 @@ def sealed_fd() -> int:
     flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
     try:
         fd = os.memfd_create("stockade-exec", flags | _MFD_EXEC)
-    except OSError:
-        fd = os.memfd_create("stockade-exec", flags)  # before 6.3: no such flag
+    except OSError as e:
+        # Before 6.3 there is no such flag. Where vm.memfd_noexec = 2 forbids executable
+        # memfds, fail closed (EACCES) rather than exec from the runtime's own binary.
+        if e.errno != errno.EINVAL:
+            raise OSError(e.errno, f"cannot make the sealed exec program: {e.strerror}") from e
+        fd = os.memfd_create("stockade-exec", flags)
     try:
         os.write(fd, elf())
         import fcntl
