@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -419,9 +420,50 @@ def test_gc_removes_only_unknown_roots(zfs_backend, make_ctx: MakeCtx) -> None:
     assert mounted_at(kpath) is not None
 
 
-def test_nothing_outside_the_parent(zfs_backend, pool: str) -> None:
-    names = zcmd("zfs", "list", "-H", "-o", "name", "-t", "all", "-r", pool).split()
-    assert all(n in (pool, f"{pool}/stockade") or n.startswith(f"{pool}/stockade/") for n in names)
+def _listing(pool: str) -> dict[str, str]:
+    """Every dataset and snapshot of the pool with its guid, refquota and mount state."""
+    out = zcmd("zfs", "list", "-H", "-p", "-o", "name,guid,refquota,mounted", "-t", "all", "-r", pool)
+    return {line.split("\t")[0]: line for line in out.splitlines()}
+
+
+def test_nothing_outside_the_parent(zfs_backend, make_ctx: MakeCtx, pool: str) -> None:
+    """Siblings of the parent, one whose name extends the parent's, and one laid out exactly
+    like an instance root, survive every operation, gc and a record that names them."""
+    lookalike = f"{pool}/stockade-other/{zfs_backend.config.host_tag}/instances"
+    for ds in (f"{pool}/outside", f"{pool}/stockade-other", lookalike):
+        zcmd("zfs", "create", "-p", "-o", "mountpoint=none", ds)
+    zcmd("zfs", "create", "-o", "mountpoint=none", "-o", "refquota=8M", f"{lookalike}/orphan")
+    zcmd("zfs", "snapshot", f"{pool}/outside@keep", f"{lookalike}/orphan@keep")
+    try:
+        before = {n: v for n, v in _listing(pool).items() if not n.startswith(f"{pool}/stockade/")}
+        ctx = make_ctx(resources={"disk": "16M"})
+        zfs_backend.provision(ctx)
+        zfs_backend.snapshot(ctx, "s1")
+        zfs_backend.set_quota(ctx, 32 << 20)
+        zfs_backend.rollback(ctx, "s1")
+        zfs_backend.release(ctx)
+        assert zfs_backend.gc({}) == []  # nothing of ours left; the look-alike is not ours
+        # records that name a dataset outside the instances dataset are refused, untouched
+        for foreign in (f"{pool}/outside", f"{lookalike}/orphan", f"{zfs_backend.images_ds}/default"):
+            bad = make_ctx()
+            bad.bag("storage")["dataset"] = foreign
+            for call in (
+                zfs_backend.release,
+                zfs_backend.unmount,
+                zfs_backend.mount,
+                zfs_backend.usage,
+                lambda c: zfs_backend.set_quota(c, 1 << 20),
+                lambda c: zfs_backend.snapshot(c, "x"),
+                lambda c: zfs_backend.rollback(c, "keep"),
+            ):
+                with pytest.raises(StockadeError, match="refusing to touch"):
+                    call(bad)
+            bad.data.pop("storage")
+        after = {n: v for n, v in _listing(pool).items() if not n.startswith(f"{pool}/stockade/")}
+        assert after == before
+    finally:
+        for ds in (f"{pool}/outside", f"{pool}/stockade-other"):
+            subprocess.run(["zfs", "destroy", "-r", ds], check=False)
 
 
 def test_probe_reasons(pool: str, host_root: Path) -> None:

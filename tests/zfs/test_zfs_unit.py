@@ -225,3 +225,35 @@ def test_libzfs_codes() -> None:
     e = translate.libzfs("unmount", "p/i", "EZFS_UMOUNTFAILED", "umount failed", LINUX)
     assert isinstance(e, StateConflict) and e.errno == errno.EBUSY
     assert type(translate.libzfs("mount", "p/i", "EZFS_WHATEVER", "", LINUX)) is StorageError
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "tank/other",
+        "tank/stk-x/t/instances/a",
+        "tank/stk/t/images/default",
+        "tank/stk/t/instances/a/b",
+        "tank",
+    ],
+)
+def test_records_naming_datasets_outside_the_parent_are_refused(foreign: str) -> None:
+    """Refused before any library call (on this host the library would fail to init with
+    LibraryMissing, not this error), whatever the operation."""
+    b = backend()
+    ctx = InstanceContext(
+        id="x1",
+        name="a",
+        spec=InstanceSpec.from_dict({"name": "a"}),
+        config=b.config,
+        state_dir=Path("/nonexistent"),
+        run_dir=Path("/nonexistent"),
+        data={"storage": {"dataset": foreign}},
+    )
+    for call in (b.release, b.unmount, b.mount, b.usage, b.list_snapshots, lambda c: b.set_quota(c, None)):
+        with pytest.raises(StorageError, match="refusing to touch"):
+            call(ctx)
+    if not foreign.startswith(f"{b.base}/"):  # images and roots below the host's own are its to destroy
+        with pytest.raises(StorageError, match="refusing to destroy"):
+            b._destroy_tree(foreign)
+    assert b._ours("tank/stk/t/instances/a1-receiving", "x") == "tank/stk/t/instances/a1-receiving"

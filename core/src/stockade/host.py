@@ -107,6 +107,43 @@ class ExecResult:
     stderr: bytes
 
 
+ROOT_CONFIG = "config.toml"
+
+
+def load_root_config(root: Path) -> dict[str, Any]:
+    """``<root>/config.toml``: what every Host of this root (API, CLI, supervisor) starts from.
+
+    ``[backends]`` names the default backend per kind; ``[options.<backend>]`` holds that
+    backend's options (e.g. ``[options.zfs] dataset = "tank/stockade"``, ``[options.overlay]
+    quota_fs = "btrfs"``). Arguments given to Host override both. No file: nothing to read
+    (one failed open on the way; TOML is parsed only when the file exists).
+    """
+    try:
+        f = open(root / ROOT_CONFIG, "rb")  # noqa: SIM115 - closed below; no import when absent
+    except FileNotFoundError:
+        return {}
+    import tomllib
+
+    with f:
+        try:
+            conf = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise StockadeError(f"{root / ROOT_CONFIG}: not valid TOML: {e}", errno=errno.EINVAL) from e
+    problems = [k for k in conf if k not in ("backends", "options")]
+    backends, options = conf.get("backends", {}), conf.get("options", {})
+    if not isinstance(backends, dict) or any(
+        k not in KINDS or not isinstance(v, str) for k, v in backends.items()
+    ):
+        problems.append('backends (a table of kind = "name", kinds: ' + ", ".join(KINDS) + ")")
+    if not isinstance(options, dict) or any(not isinstance(v, dict) for v in options.values()):
+        problems.append("options (a table of [options.<backend>] tables)")
+    if problems:
+        raise StockadeError(
+            f"{root / ROOT_CONFIG}: invalid or unknown: {'; '.join(problems)}", errno=errno.EINVAL
+        )
+    return conf
+
+
 class Host:
     """A host root: where instances, images and runtime state live.
 
@@ -132,8 +169,16 @@ class Host:
         self.run_dir = Path(os.path.abspath(run_dir) if run_dir else paths.run_dir_of(str(self.root)))
         self.tag = host_tag(self.root)
         self.plugins = plugins or default_manager()
-        self.defaults: dict[Kind, str | None] = {"isolation": isolation, "quota": quota, "storage": storage}
-        self.options = dict(options or {})
+        conf = load_root_config(self.root)
+        chosen = conf.get("backends", {})
+        self.defaults: dict[Kind, str | None] = {
+            "isolation": isolation or chosen.get("isolation"),
+            "quota": quota or chosen.get("quota"),
+            "storage": storage or chosen.get("storage"),
+        }
+        self.options = {k: dict(v) for k, v in conf.get("options", {}).items()}
+        for backend, opts in (options or {}).items():  # the caller's options win, key by key
+            self.options[backend] = {**self.options.get(backend, {}), **opts}
         self.store = StateStore(self.root, self.run_dir)
         self._backends: dict[tuple[Kind, str], Backend] = {}
         self._probes: dict[tuple[Kind, str], Probe] = {}
@@ -874,10 +919,28 @@ class Instance:
             from .spec import merge
 
             new = InstanceSpec.from_dict(merge(st.spec, {"resources": dict(resources)}))
-            _, quota, _ = self.host._parts(st)
+            _, quota, storage = self.host._parts(st)
             ctx = self.context()
+            old = ctx.spec.resources
+            disk_changes = "disk" in resources and new.resources.disk != old.disk
+            # refused up front, as at create: nothing is changed by a refused update
+            set_quota = getattr(storage, "set_quota", None)
+            if disk_changes and Feature.DISK_QUOTA not in storage.features:
+                raise UnsupportedFeature(f"disk quota: storage backend {storage.name!r} does not support it")
+            if disk_changes and set_quota is None:
+                raise UnsupportedFeature(f"disk quota: storage backend {storage.name!r} cannot change it")
+            if new.resources.io.any() and storage.semantics.io_limit_on != "block_device":
+                raise UnsupportedFeature(f"io rate limits: storage {storage.name!r} has no block device")
             ctx.spec = new
-            quota.update(ctx, new.resources)
+            if disk_changes and set_quota is not None:
+                set_quota(ctx, new.resources.disk)
+            try:
+                quota.update(ctx, new.resources)
+            except BaseException:
+                if disk_changes and set_quota is not None:
+                    with contextlib.suppress(StockadeError):
+                        set_quota(ctx, old.disk)
+                raise
             st.spec = new.to_dict()
             self._spec = new
             self.host.store.save(st)

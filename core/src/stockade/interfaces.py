@@ -296,6 +296,10 @@ class StorageBase(BackendBase):
     def unmount(self, ctx: InstanceContext) -> None:
         return None
 
+    def set_quota(self, ctx: InstanceContext, disk: int | None) -> None:
+        """Change the root's disk quota live (None removes it); backends with DISK_QUOTA."""
+        raise self._unsupported("changing the disk quota")
+
 
 class QuotaBase(BackendBase):
     kind: ClassVar[Kind] = "quota"

@@ -223,13 +223,27 @@ class ZfsStorage(StorageBase):
     # --- instances -------------------------------------------------------------------------
 
     def _instance_ds(self, ctx: InstanceContext) -> str:
+        """The instance's root dataset: the one its record names, if that is one of ours."""
+        self._ready()
         ds = ctx.data.get("storage", {}).get("dataset")
         if isinstance(ds, str) and ds:
-            return ds
+            return self._ours(ds, f"instance {ctx.name}")
         if not _COMPONENT.match(ctx.id):
             raise StorageError(f"instance id {ctx.id!r} cannot be a ZFS dataset name")
-        self._ready()
         return f"{self.instances_ds}/{ctx.id}"
+
+    def _ours(self, ds: str, who: str) -> str:
+        """``ds`` if it is a root this backend may own (a child of its instances dataset);
+        refuses anything else before any library call, so a stale or edited record can never
+        make it mount, change or destroy a dataset outside the configured parent."""
+        prefix = f"{self.instances_ds}/"
+        leaf = ds[len(prefix) :] if ds.startswith(prefix) else ""
+        if not _COMPONENT.match(leaf):
+            raise StorageError(
+                f"{who}: its record names dataset {ds!r}, which is not under "
+                f"{self.instances_ds} (the configured parent {self.parent!r}); refusing to touch it"
+            )
+        return ds
 
     @staticmethod
     def _mountpoint(ctx: InstanceContext) -> Path:
@@ -500,7 +514,11 @@ class ZfsStorage(StorageBase):
         return removed
 
     def _destroy_tree(self, ds: str) -> None:
-        """Unmount, destroy the snapshots, destroy the file system. Retries a busy unmount."""
+        """Unmount, destroy the snapshots, destroy the file system. Retries a busy unmount.
+
+        Only ever below this host root's own dataset (``<parent>/<host tag>/``)."""
+        if not ds.startswith(f"{self.base}/") or "@" in ds:
+            raise StorageError(f"refusing to destroy {ds!r}: not below {self.base}")
         for attempt in range(5):
             try:
                 ops.unmount(ds)

@@ -224,11 +224,20 @@ def cmd_stats(ns: argparse.Namespace, host: Host) -> int:
 def cmd_update(ns: argparse.Namespace, host: Host) -> int:
     from .specargs import _num
 
-    res = {
+    res: dict[str, Any] = {
         k: _num(v)
         for k in ("memory", "memory_swap", "cpus", "cpu_weight", "cpuset_cpus", "pids")
         if (v := getattr(ns, k)) is not None
     }
+    if ns.disk is not None:  # "none" removes the root's disk quota
+        res["disk"] = None if ns.disk.lower() == "none" else _num(ns.disk)
+    io = {
+        k: _num(v)
+        for k in ("read_bps", "write_bps", "read_iops", "write_iops")
+        if (v := getattr(ns, f"io_{k}")) is not None
+    }
+    if io:
+        res["io"] = io
     if not res:
         raise StockadeError("update needs at least one limit, e.g. --memory 128M")
     host.get(ns.name).update(res)

@@ -125,6 +125,10 @@ def build_parser(remainder: bool = True, only_run: bool = False) -> argparse.Arg
     c.add_argument("name")
     for flag in ("--memory", "--memory-swap", "--cpus", "--cpu-weight", "--cpuset-cpus", "--pids"):
         c.add_argument(flag)
+    c.add_argument("--disk", metavar="SIZE|none", help="disk quota of the root file system")
+    for d in ("read", "write"):
+        c.add_argument(f"--io-{d}-bps", metavar="SIZE", help=f"{d} bytes per second on the root's device")
+        c.add_argument(f"--io-{d}-iops", metavar="N", help=f"{d} operations per second")
 
     c = cmd("logs", "output of a detached instance")
     c.add_argument("-f", "--follow", action="store_true")
