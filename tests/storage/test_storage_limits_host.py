@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from stockade import Host
-from stockade.errors import StockadeError, UnsupportedFeature
+from stockade.errors import SpecError, StockadeError, UnsupportedFeature
 
 from .conftest import mounts_in, needs_root
 
@@ -174,6 +174,23 @@ def test_update_refuses_what_the_storage_cannot_do(
             assert again.spec.resources.memory == 64 * MIB
             assert again.spec.resources.disk is None and not again.spec.resources.io.any()
             assert again.stats().quota.memory_limit == 64 * MIB
+        finally:
+            inst.delete(force=True)
+        assert cgroups_of(host.tag) == []
+
+
+def test_update_refuses_to_drop_a_limit_the_kernel_would_keep(root: Path) -> None:
+    with Host(root / "host", storage="dir") as host:
+        inst = host.create({"name": "d", "resources": {"memory": "64M", "pids": 50}})
+        try:
+            with pytest.raises(SpecError, match=r"resources\.memory: a limit cannot be removed") as e:
+                inst.update({"memory": None, "pids": 60})
+            assert [p for p, _ in e.value.problems] == ["resources.memory"]
+            again = host.get("d")
+            assert (again.spec.resources.memory, again.spec.resources.pids) == (64 * MIB, 50)
+            assert again.stats().quota.memory_limit == 64 * MIB
+            inst.update({"memory": "128M"})  # raising it is how to loosen a limit
+            assert host.get("d").stats().quota.memory_limit == 128 * MIB
         finally:
             inst.delete(force=True)
         assert cgroups_of(host.tag) == []

@@ -27,6 +27,7 @@ from . import paths
 from .errors import (
     ImageNotFound,
     NotSupported,
+    SpecError,
     StateConflict,
     StockadeError,
     Unavailable,
@@ -52,7 +53,7 @@ from .interfaces import (
     StorageUsage,
 )
 from .plugins import PluginManager, default_manager
-from .spec import InstanceSpec, Process
+from .spec import InstanceSpec, Process, Resources
 from .state import LIVE, InstanceState, StateStore, pid_alive, proc_start_time, wait_exit
 
 DEFAULT_ROOT = Path(paths.DEFAULT_ROOT)
@@ -142,6 +143,28 @@ def load_root_config(root: Path) -> dict[str, Any]:
             f"{root / ROOT_CONFIG}: invalid or unknown: {'; '.join(problems)}", errno=errno.EINVAL
         )
     return conf
+
+
+_LIVE_LIMITS = (
+    "memory",
+    "memory_swap",
+    "memory_reservation",
+    "cpus",
+    "cpu_weight",
+    "cpuset_cpus",
+    "cpuset_mems",
+    "pids",
+)
+
+
+def _removed_limits(old: Resources, new: Resources) -> list[str]:
+    """The quota limits ``old`` has and ``new`` drops (the disk quota is the storage's)."""
+    gone = [f for f in _LIVE_LIMITS if getattr(old, f) is not None and getattr(new, f) is None]
+    return gone + [
+        f"io.{f}"
+        for f in ("read_bps", "write_bps", "read_iops", "write_iops")
+        if getattr(old.io, f) is not None and getattr(new.io, f) is None
+    ]
 
 
 class Host:
@@ -931,6 +954,19 @@ class Instance:
                 raise UnsupportedFeature(f"disk quota: storage backend {storage.name!r} cannot change it")
             if new.resources.io.any() and storage.semantics.io_limit_on != "block_device":
                 raise UnsupportedFeature(f"io rate limits: storage {storage.name!r} has no block device")
+            removed = _removed_limits(old, new.resources)
+            if removed:
+                # A quota backend keeps what it is not given: the record would say "no
+                # limit" while the kernel still enforces the old one.
+                raise SpecError(
+                    [
+                        (
+                            f"resources.{f}",
+                            "a limit cannot be removed from a live instance; set a larger value",
+                        )
+                        for f in removed
+                    ]
+                )
             ctx.spec = new
             if disk_changes and set_quota is not None:
                 set_quota(ctx, new.resources.disk)
