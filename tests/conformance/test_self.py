@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,7 @@ def run_suite(d: Path, module: str, *args: str) -> dict[str, Any]:
             "--rootdir",
             str(d),
             "-q",
+            "-rs",
             f"--stockade-results={results}",
             *args,
             str(d / "test_backends.py"),
@@ -69,6 +71,7 @@ def run_suite(d: Path, module: str, *args: str) -> dict[str, Any]:
     )
     assert results.exists(), proc.stdout[-3000:] + proc.stderr[-2000:]
     data: dict[str, Any] = json.loads(results.read_text())
+    data["pytest"] = {"exit": proc.returncode, "stdout": proc.stdout}
     return data
 
 
@@ -110,6 +113,164 @@ def test_liars_fail(outcomes: dict[str, dict[str, list[dict[str, Any]]]]) -> Non
     assert cell(outcomes, row, "cpu_quota") == {"not supported"}
     mem = outcomes[row]["memory_limit"][0]["why"]
     assert "not enforced" in mem
+
+
+MISSING = """
+import sys
+sys.path.insert(0, {here!r})
+from liars import ChrootPlugin, LiarsPlugin
+from stockade.plugins import PluginManager
+from stockade.testing import BackendChoice, ConformanceSuite
+
+PLUGINS = PluginManager(extra=[("chroot-example", ChrootPlugin()), ("liars", LiarsPlugin())])
+
+
+class TestAbsent(ConformanceSuite):
+    backends = BackendChoice(isolation="chroot", quota="cgroup", storage="absent_storage", plugins=PLUGINS)
+
+
+class TestToolless(ConformanceSuite):
+    backends = BackendChoice(isolation="chroot", quota="cgroup", storage="toolless_storage", plugins=PLUGINS)
+"""
+
+
+def test_missing_prerequisite_is_cannot_run_here(tmp_path: Path) -> None:
+    """A backend whose probe() says no, and one whose fixture (the image import) finds a tool
+    missing: every test that needs the subject is a skip saying "cannot run here" and why;
+    what the backends do not declare is still "not supported"; nothing passes or fails."""
+    from conformance.liars import MISSING_MODULE, MISSING_TOOL
+    from stockade.testing.matrix import Matrix
+
+    data = run_suite(tmp_path, MISSING.format(here=str(HERE)))
+    by_label = {s["label"]: key for key, s in data["subjects"].items()}
+    matrix = Matrix.from_results([data])
+    rows = {r.label: r for r in matrix.rows}
+    for storage, reason in (("absent_storage", MISSING_MODULE), ("toolless_storage", MISSING_TOOL)):
+        label = f"chroot+cgroup+{storage}"
+        recs = [r for r in data["records"] if r["class"] == by_label[label]]
+        assert recs, data["records"]
+        assert {r["outcome"] for r in recs} == {"cannot run here", "not supported"}, recs
+        for r in recs:
+            if r["outcome"] == "cannot run here":
+                assert reason in r["why"], r
+        # declared by chroot / cgroup / the storage, measured through the subject: cannot run
+        row = rows[label]
+        for column in ("fs_isolation", "snapshot", "memory_limit", "lifecycle"):
+            cell = row.cells[column]
+            assert cell.outcome == "cannot run here", (column, cell)
+            assert any(reason in why for why in cell.why), (column, cell.why)
+        # undeclared: not supported, from the declarations alone
+        assert row.cells["network_isolation"].outcome == "not supported"
+        assert row.cells["restriction.mount"].outcome == "not supported"
+    # pytest itself saw skips with that reason (-rs), and nothing else
+    out = data["pytest"]["stdout"]
+    assert data["pytest"]["exit"] == 0, out[-3000:]
+    assert f"cannot run here: storage backend 'absent_storage' cannot run here: {MISSING_MODULE}" in out
+    assert MISSING_TOOL in out
+    assert re.search(r"^\d+ skipped in ", out.strip().splitlines()[-1]), out[-500:]
+    md = matrix.to_markdown()
+    assert "cannot run here [" in md and MISSING_MODULE in md and MISSING_TOOL in md, md
+    assert "pass" not in md.split("### Notes")[0] and "FAIL" not in md, md
+
+
+LEAKY = """
+import sys
+sys.path.insert(0, {here!r})
+from liars import ChrootPlugin, LiarsPlugin
+from stockade.plugins import PluginManager
+from stockade.testing import BackendChoice, LifecycleSuite
+
+PLUGINS = PluginManager(extra=[("chroot-example", ChrootPlugin()), ("liars", LiarsPlugin())])
+
+
+class TestLeakyLoop(LifecycleSuite):
+    backends = BackendChoice(
+        isolation="chroot", quota="cgroup", storage="leaky_loop_storage", plugins=PLUGINS
+    )
+
+
+class TestLeakyFile(LifecycleSuite):
+    backends = BackendChoice(
+        isolation="chroot", quota="cgroup", storage="leaky_file_storage", plugins=PLUGINS
+    )
+"""
+
+
+def _detach_loops_under(d: Path) -> list[str]:
+    from stockade.testing.harness import loop_devices_under
+
+    found = sorted(loop_devices_under(d))
+    for entry in found:
+        dev = entry.split()[1]
+        subprocess.run(["losetup", "-d", dev], check=False)
+    return found
+
+
+def test_delete_leaving_a_loop_device_or_a_file_fails(tmp_path: Path) -> None:
+    """Storage whose delete leaves a loop device (backed by a file in the root) or a stray
+    file in the root fails "delete leaves nothing", and the root teardown names the loop."""
+    if subprocess.run(["losetup", "--find"], capture_output=True).returncode != 0:
+        pytest.skip("no free loop device here")
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    try:
+        data = run_suite(
+            tmp_path,
+            LEAKY.format(here=str(HERE)),
+            "-k",
+            "test_delete_leaves_nothing",
+            f"--stockade-root={roots}",
+        )
+    finally:
+        leaked = _detach_loops_under(roots)
+    by_label = {s["label"]: key for key, s in data["subjects"].items()}
+    recs = {
+        (label, r["nodeid"].rsplit("::", 1)[-1]): r
+        for label, key in by_label.items()
+        for r in data["records"]
+        if r["class"] == key
+    }
+    loop_row = "chroot+cgroup+leaky_loop_storage"
+    r = recs[(loop_row, "test_delete_leaves_nothing[loopback]")]
+    assert r["outcome"] == "fail", r
+    assert "delete left behind" in r["why"] and "loop /dev/loop" in r["why"] and "(deleted)" in r["why"], r
+    teardown = recs[(loop_row, "host root teardown")]
+    assert teardown["outcome"] == "fail" and "loop /dev/loop" in teardown["why"], teardown
+    assert len(leaked) == 2, leaked  # the warm-up's and the measured instance's
+    file_row = "chroot+cgroup+leaky_file_storage"
+    r = recs[(file_row, "test_delete_leaves_nothing[loopback]")]
+    assert r["outcome"] == "fail", r
+    assert "delete left files in the host root" in r["why"], r
+    assert "storage/leaky_file_storage/orphan-1" in r["why"], r  # the warm-up's orphan-0 is the baseline
+    assert (file_row, "host root teardown") not in recs  # the root itself goes with its files
+    assert not list(roots.iterdir()), list(roots.iterdir())
+
+
+SLOPPY = """
+import sys
+sys.path.insert(0, {here!r})
+from liars import ChrootPlugin, LiarsPlugin
+from stockade.plugins import PluginManager
+from stockade.testing import BackendChoice, StorageSuite
+
+PLUGINS = PluginManager(extra=[("chroot-example", ChrootPlugin()), ("liars", LiarsPlugin())])
+
+
+class TestSloppy(StorageSuite):
+    backends = BackendChoice(
+        isolation="chroot", quota="cgroup", storage="sloppy_rollback_storage", plugins=PLUGINS
+    )
+"""
+
+
+def test_rollback_that_misses_a_mode_fails(tmp_path: Path) -> None:
+    """Snapshot + rollback compares the whole tree: one file's mode not restored fails it."""
+    data = run_suite(tmp_path, SLOPPY.format(here=str(HERE)), "-k", "test_snapshot_rollback_restores_bytes")
+    (rec,) = [r for r in data["records"] if r["column"] == "snapshot"]
+    assert rec["outcome"] == "fail", rec
+    assert "rollback did not restore the tree" in rec["why"], rec
+    assert "regular file|644|0:0|/etc/group" in rec["why"], rec
+    assert "regular file|600|0:0|/etc/group" in rec["why"], rec
 
 
 def test_option_words_round_trip() -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import pytest
 from stockade.testing import BackendChoice, ConformanceSuite
 
-pytest_plugins = ["stockade.testing"]
-
 
 class TestLinuxNsCgroupZfs(ConformanceSuite):
     @pytest.fixture(scope="class")

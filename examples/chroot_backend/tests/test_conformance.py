@@ -1,15 +1,15 @@
 """The chroot backend through stockade's conformance suite: it must pass as declared.
 
 Run: .venv/bin/pytest examples/chroot_backend/tests (with the package installed: the
-backend is found through its entry point). The module names the plugin itself
-(``pytest_plugins``); ``-p stockade.testing`` on the command line does the same.
+backend is found through its entry point). The package's root conftest.py loads the
+plugin (``pytest_plugins``); ``-p stockade.testing`` on the command line does the same.
+Not ``pytest_plugins`` here: this module imports the suite, so pytest would meet the plugin
+already imported and could not rewrite its assertions (PytestAssertRewriteWarning).
 """
 
 from __future__ import annotations
 
 from stockade.testing import BackendChoice, ConformanceSuite
-
-pytest_plugins = ["stockade.testing"]
 
 
 class TestChroot(ConformanceSuite):

@@ -75,7 +75,10 @@ def running(
     # Separate plain files, as a detached instance has: CRIU must be able to reopen them.
     name = unique(prefix)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    log = os.open(subject.root / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    subject.suite_dir.mkdir(exist_ok=True)
+    log = os.open(
+        subject.suite_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+    )
     try:
         spec = subject.spec(name, args or ["/bin/sleep", "3600"], **extra)
         inst = create(subject, spec, Stdio(null, log, log))
@@ -142,8 +145,29 @@ def wait_for(cond: object, timeout: float = 5.0) -> bool:
     return False
 
 
+def _under(path: str, root: Path) -> bool:
+    top = str(root).rstrip("/")
+    return path == top or path.startswith(top + "/")
+
+
+def loop_devices_under(root: Path) -> set[str]:
+    """Loop devices whose backing file is below ``root`` (a deleted one too: the kernel keeps
+    the name it had, with " (deleted)")."""
+    found: set[str] = set()
+    block = Path("/sys/block")
+    for dev in block.glob("loop*") if block.is_dir() else []:
+        try:
+            backing = (dev / "loop" / "backing_file").read_text().strip()
+        except OSError:  # not attached (no loop/ directory)
+            continue
+        if _under(backing.removesuffix(" (deleted)"), root):
+            found.add(f"loop /dev/{dev.name} ({backing})")
+    return found
+
+
 def host_resources(root: Path, tag: str, ident: str | None = None) -> set[str]:
-    """Host resources that carry this root (mounts), its tag or ``ident`` (cgroups, links, netns).
+    """Host resources that carry this root (mounts, loop devices backed by a file below it),
+    its tag or ``ident`` (cgroups, links, netns).
 
     Links are matched by name or IFLA_IFALIAS (stockade writes ``stockade:<tag>:...``), net
     namespaces by their name under /run/netns.
@@ -154,8 +178,9 @@ def host_resources(root: Path, tag: str, ident: str | None = None) -> set[str]:
         for line in f:
             parts = line.split()
             mp = parts[4]
-            if mp == str(root) or mp.startswith(str(root).rstrip("/") + "/"):
+            if _under(mp, root):
                 found.add(f"mount {mp}")
+    found |= loop_devices_under(root)
     cg = Path("/sys/fs/cgroup")
     if cg.is_dir():
         for dirpath, dirnames, _ in os.walk(cg):
@@ -177,6 +202,26 @@ def host_resources(root: Path, tag: str, ident: str | None = None) -> set[str]:
         if any(k in ns.name for k in keys):
             found.add(f"netns {ns.name}")
     return found
+
+
+def tree_listing(root: Path, skip: tuple[str, ...] = ()) -> set[str]:
+    """Every path below ``root`` (relative; directories end in "/"), across the file systems
+    mounted there, symlinks not followed; ``skip``: top-level entries left out."""
+    out: set[str] = set()
+    top = str(root)
+
+    def ignore(_e: OSError) -> None:  # gone while walking: it is not there
+        return None
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=ignore):
+        rel = os.path.relpath(dirpath, top)
+        if rel == ".":
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            out.update(f for f in filenames if f not in skip)
+        else:
+            out.add(rel + "/")
+            out.update(f"{rel}/{f}" for f in filenames)
+    return out
 
 
 def proc_root_under(path: str) -> list[int]:

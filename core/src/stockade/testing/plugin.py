@@ -115,8 +115,11 @@ def stockade_subject(request: pytest.FixtureRequest, stockade_declared: Declared
         yield subject
     finally:
         problems = destroy_root(subject.host, subject.root)
-        left = host_resources(subject.root, subject.host.tag)
-        assert not problems and not left, f"the suite's host root left behind: {problems + sorted(left)}"
+        left = sorted(host_resources(subject.root, subject.host.tag))
+        if subject.root.exists():  # destroy_root removes it: what is there could not be removed
+            files = sorted(p.relative_to(subject.root).as_posix() for p in subject.root.rglob("*"))
+            left.append(f"files in {subject.root}: {', '.join(files[:12]) or '(the root itself)'}")
+        assert not problems and not left, f"the suite's host root left behind: {problems + left}"
 
 
 @pytest.fixture
@@ -177,12 +180,20 @@ def column_of(item: pytest.Item) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``known_failures = {"test_name[param]": "why"}`` on a suite class: strict xfail.
+    """The ``requires`` check first; ``known_failures = {"test_name[param]": "why"}`` on a
+    suite class: strict xfail.
 
     The project's own run stays green on a gap it has reported, and turns red when the gap
     is fixed (so the entry goes); the matrix, generated without it, shows the failure.
     """
     for item in items:
+        # pytest sets fixtures up by scope, so the class-scoped subject would be built (and
+        # skip "cannot run here") before the function-scoped ``requires`` check could say
+        # "not supported": what is undeclared must be reported so even where nothing can run.
+        names = getattr(item, "fixturenames", None)
+        if isinstance(names, list) and "_stockade_requires" in names:
+            names.remove("_stockade_requires")
+            names.insert(0, "_stockade_requires")
         known = getattr(getattr(item, "cls", None), "known_failures", None)
         if isinstance(known, dict) and item.name in known:
             item.add_marker(pytest.mark.xfail(reason=f"known failure: {known[item.name]}", strict=True))

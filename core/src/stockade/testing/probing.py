@@ -92,7 +92,7 @@ def probe_exe_escape(
     args = [PROBE_PATH, *beacons.args(), "--only", EXE_CHECK, "--exe-watch", str(EXE_WATCH_MS)]
     execs, refused = 0, ""
     with running(subject, args, prefix="probe-exe", allow=sorted(r.value for r in allow)) as inst:
-        log = subject.root / f"{inst.name}.log"
+        log = subject.suite_dir / f"{inst.name}.log"
         deadline = time.monotonic() + EXE_WATCH_MS / 1000 + 10
         time.sleep(0.1)  # the probe lists the processes already there first
         while inst.refresh().status == "running" and time.monotonic() < deadline:

@@ -32,6 +32,7 @@ MARKER_PATH = "/.stockade-conformance"
 # the instance (runc CVE-2019-5736); the probe's escape.proc_exe_write watches for that.
 EXE_TRAP_PATH = "/.stockade-exe-trap"
 ROOT_PREFIX = "stockade-test-"
+SUITE_DIR = "suite"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class Subject:
     @property
     def label(self) -> str:
         return f"{self.isolation.name}+{self.quota.name}+{self.storage.name}"
+
+    @property
+    def suite_dir(self) -> Path:
+        """The suite's own files in the root (instance logs): not the backends' leftovers."""
+        return self.root / SUITE_DIR
 
     @property
     def backends(self) -> dict[Kind, str]:

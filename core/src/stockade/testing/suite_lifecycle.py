@@ -17,10 +17,11 @@ import pytest
 
 from ..errors import StockadeError
 from ..features import Feature
-from .harness import host_resources, pids_with, proc_root_under, running, sh, wait_for
+from .harness import host_resources, pids_with, proc_root_under, running, sh, tree_listing, wait_for
 from .marks import conformance_column, requires
 from .outcomes import cannot_run, not_supported
-from .subject import MARKER_PATH, Subject, destroy_root
+from .plugin import note
+from .subject import MARKER_PATH, SUITE_DIR, Subject, destroy_root
 
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /root/count; sleep 0.05; done"
 
@@ -65,39 +66,60 @@ class LifecycleSuite:
 
     @conformance_column("lifecycle")
     @pytest.mark.parametrize("network", ["loopback", "bridge"])
-    def test_delete_leaves_nothing(self, stockade_subject: Subject, network: str) -> None:
-        """Mounts, cgroups, links and net namespaces of the instance are gone after delete."""
+    def test_delete_leaves_nothing(
+        self, stockade_subject: Subject, network: str, request: pytest.FixtureRequest
+    ) -> None:
+        """After delete nothing of the instance is left: mounts, loop devices backed by a file
+        in the root, cgroups, links, net namespaces, processes, and files in the host root."""
+        subject = stockade_subject
+        host = subject.host
         extra: dict[str, Any] = {"network": {"mode": network}}
+        if network == "loopback" and Feature.NETWORK_ISOLATION not in subject.isolation.features:
+            extra = {}  # the spec's default: the only network such a backend gives
         if network == "bridge":
-            if Feature.NETWORK_ISOLATION not in stockade_subject.isolation.features:
-                not_supported(f"isolation {stockade_subject.isolation.name!r} has no network isolation")
-            problems = stockade_subject.isolation.check(
-                stockade_subject.host.make_spec(stockade_subject.spec("check", ["/bin/true"], **extra))
-            )
+            if Feature.NETWORK_ISOLATION not in subject.isolation.features:
+                not_supported(f"isolation {subject.isolation.name!r} has no network isolation")
+            problems = subject.isolation.check(host.make_spec(subject.spec("check", ["/bin/true"], **extra)))
             if problems:
                 not_supported("; ".join(problems))
-            try:
-                with running(stockade_subject, prefix="warm", **extra):
-                    pass  # the first instance makes the network itself, which outlives it
-            except StockadeError as e:
+        # The first instance of a root may make host-wide state that stays by design (storage
+        # directories, a bridged network, a disk-quota file system): a warm-up instance makes
+        # it, and what it keeps must not be its own (its id or name in a path).
+        skip = (SUITE_DIR,)
+        files0 = tree_listing(subject.root, skip)
+        try:
+            with running(subject, prefix="warm", **extra) as warm:
+                warm_keys = (warm.id, warm.name)
+        except StockadeError as e:
+            if network == "bridge":
                 cannot_run(f"a bridged instance cannot be made here: {e}")
-        host = stockade_subject.host
-        before = host_resources(stockade_subject.root, host.tag)
+            raise
+        before = host_resources(subject.root, host.tag)
+        files1 = tree_listing(subject.root, skip)
+        locks = _lock_files(subject)
+        kept = sorted(files1 - files0)
+        own = [p for p in kept if any(k in p for k in warm_keys) and p not in locks]
+        assert not own, f"delete left files of the instance in the host root: {_summary(own)}"
+        kept = [p for p in kept if p not in locks]
+        if kept:
+            note(request, f"host-wide state the first instance made, kept by design: {_summary(kept)}")
         with running(
-            stockade_subject,
+            subject,
             prefix="del",
-            resources={"memory": "64M"} if Feature.MEMORY_LIMIT in stockade_subject.quota.features else {},
+            resources={"memory": "64M"} if Feature.MEMORY_LIMIT in subject.quota.features else {},
             **extra,
         ) as inst:
             r = inst.run(["/bin/true"])
             assert r.exit_status == 0
             ident, pid = inst.id, inst.pid
             rootfs = inst.context().rootfs
-            during = host_resources(stockade_subject.root, host.tag, ident)
+            during = host_resources(subject.root, host.tag, ident)
             state_dir = host.store.dir(inst.name)
-        after = host_resources(stockade_subject.root, host.tag, ident)
+        after = host_resources(subject.root, host.tag, ident)
         left = sorted(after - before)
         assert not left, f"delete left behind: {left} (while running: {sorted(during - before)})"
+        stray = sorted(tree_listing(subject.root, skip) - files1 - _lock_files(subject))
+        assert not stray, f"delete left files in the host root {subject.root}: {_summary(stray)}"
         assert pid is None or not os.path.exists(f"/proc/{pid}") or _zombie_or_other(pid), (
             f"pid {pid} survived"
         )
@@ -206,6 +228,29 @@ except Exception as e:
     print("failed", e, flush=True)
 sys.stdin.read()
 """
+
+
+def _lock_files(subject: Subject) -> set[str]:
+    """The per-name lock files of the host's state store (empty files): they stay after
+    delete by design, since unlinking one would let a waiter on the old inode and a new
+    creator of the name both hold "the" lock (stockade.state.StateStore.remove)."""
+    locks = subject.host.store.locks
+    try:
+        rel = locks.relative_to(subject.root).as_posix()
+        return {
+            f"{rel}/{p.name}"
+            for p in locks.iterdir()
+            if p.name.endswith(".lock") and p.is_file() and p.stat().st_size == 0
+        }
+    except (ValueError, OSError):  # the run dir is outside the root, or not made yet
+        return set()
+
+
+def _summary(paths: list[str], most: int = 12) -> str:
+    """Paths, a directory standing for what is below it."""
+    tops = [p for p in paths if not any(p != q and p.startswith(q) and q.endswith("/") for q in paths)]
+    more = f" (+{len(tops) - most} more)" if len(tops) > most else ""
+    return ", ".join(tops[:most]) + more
 
 
 def _zombie_or_other(pid: int) -> bool:

@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from ..features import Feature
+from ..host import Instance
 from ..images import build_default_image
 from .harness import create, running, sh, unique
 from .marks import conformance_column, requires
@@ -18,18 +19,27 @@ from .plugin import note
 from .subject import MARKER_PATH, Subject
 
 MIB = 1 << 20
-STATE = (
-    'for f in /root/new.bin /etc/os-release /root/extra; do md5sum $f 2>/dev/null || echo "absent $f"; done'
+# The whole tree, from inside (busybox): type, mode, owner and name (a symlink's target with
+# it) of every path on the root file system, and the md5 of every regular file.
+TREE = (
+    "find / -xdev -exec stat -c '%F|%a|%u:%g|%N' {} + | sort; "
+    "find / -xdev -type f -exec md5sum {} + | sort -k 2"
+)
+# After the snapshot: rewrite, delete, create, chmod, chown, re-link, mkdir.
+CHANGES = (
+    "echo overwritten > /root/new.bin; echo x > /etc/os-release; echo back > /etc/shadow; "
+    "echo extra > /root/extra; rm /etc/passwd; chmod 600 /etc/group; chown 1:1 /etc/os-release; "
+    "ln -sf /bin/false /bin/true; mkdir -p /srv/new/dir; sync"
 )
 
 
-def _digests(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            out[parts[1]] = parts[0]
-    return out
+def _tree(inst: Instance) -> list[str]:
+    r = inst.run(["/bin/sh", "-c", TREE])
+    lines = r.stdout.decode(errors="replace").splitlines()
+    assert r.exit_status == 0 and len(lines) > 20, (
+        f"could not list the tree inside (exit {r.exit_status}): {r.stderr.decode(errors='replace')[-300:]}"
+    )
+    return lines
 
 
 class StorageSuite:
@@ -91,7 +101,9 @@ class StorageSuite:
 
     @requires(Feature.SNAPSHOT)
     def test_snapshot_rollback_restores_bytes(self, stockade_subject: Subject) -> None:
-        """New, changed and deleted files come back exactly as they were at the snapshot."""
+        """The whole tree comes back exactly as it was at the snapshot: every path, every
+        regular file's bytes, modes, owners and symlink targets; a file made after the
+        snapshot is gone, one deleted after it is back."""
         payload = os.urandom(256 * 1024)
         with running(stockade_subject, prefix="snap") as inst:
             r = inst.run(
@@ -99,25 +111,30 @@ class StorageSuite:
                 input=payload,
             )
             assert r.exit_status == 0, r.stderr
-            at_snapshot = inst.run(["/bin/sh", "-c", STATE + "; ls /etc"]).stdout.decode()
-            assert _digests(at_snapshot).get("/root/new.bin") == hashlib.md5(payload).hexdigest()
+            at_snapshot = _tree(inst)
+            md5 = hashlib.md5(payload).hexdigest()
+            assert f"{md5}  /root/new.bin" in at_snapshot, "the tree listing misses /root/new.bin"
             inst.stop(timeout=2)
             inst.snapshot("s1")
             inst.start()
-            r = inst.run(
-                [
-                    "/bin/sh",
-                    "-c",
-                    "echo overwritten > /root/new.bin; echo x > /etc/os-release; "
-                    "echo back > /etc/shadow; echo extra > /root/extra",
-                ]
-            )
+            r = inst.run(["/bin/sh", "-c", CHANGES])
             assert r.exit_status == 0, r.stderr
+            changed = _tree(inst)
+            assert len(set(changed) ^ set(at_snapshot)) >= 8, "the changes after the snapshot did not land"
             inst.stop(timeout=2)
             inst.rollback("s1")
             inst.start()
-            after = inst.run(["/bin/sh", "-c", STATE + "; ls /etc"]).stdout.decode()
-        assert after == at_snapshot, f"rollback did not restore the snapshot: {at_snapshot!r} != {after!r}"
+            after = _tree(inst)
+            gone = inst.run(["/bin/sh", "-c", "test -e /root/extra || test -e /etc/shadow"]).exit_status
+            back = inst.run(["/bin/sh", "-c", "cat /root/new.bin"]).stdout
+        assert gone != 0, "a file made after the snapshot survived the rollback"
+        assert back == payload, "a file deleted after the snapshot is not back with its bytes"
+        lost = sorted(set(at_snapshot) - set(after))
+        extra = sorted(set(after) - set(at_snapshot))
+        assert not lost and not extra, (
+            f"rollback did not restore the tree: at the snapshot but not after: {lost[:10]}; "
+            f"after but not at the snapshot: {extra[:10]}"
+        )
 
     @requires(Feature.SNAPSHOT)
     def test_rollback_to_an_older_snapshot(self, stockade_subject: Subject) -> None:
