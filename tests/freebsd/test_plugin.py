@@ -12,6 +12,7 @@ from stockade.errors import Unavailable
 from stockade.features import Feature
 from stockade.interfaces import BackendConfig, IsolationBackend, QuotaBackend
 from stockade.plugins import PluginManager
+from stockade.spec import InstanceSpec
 from stockade_freebsd_jail import _ffi
 from stockade_freebsd_jail.isolation import FreeBsdJailIsolation
 from stockade_freebsd_jail.quota import RctlQuota
@@ -39,6 +40,7 @@ def test_declarations() -> None:
         Feature.FS_ISOLATION,
         Feature.NETWORK_ISOLATION,
         Feature.COLD_MIGRATION,
+        Feature.DELEGATED_DATASET,
     }
     assert Feature.CHECKPOINT not in FreeBsdJailIsolation.features
     assert Feature.LIVE_MIGRATION not in FreeBsdJailIsolation.features
@@ -50,6 +52,13 @@ def test_declarations() -> None:
         Feature.IO_RATE_LIMIT,
     }
     assert RctlQuota.semantics.io_limit_on == "dataset"
+
+
+def test_delegated_dataset_needs_mount_allowed() -> None:
+    iso = FreeBsdJailIsolation(CONFIG)
+    spec = {"name": "d", "network": {"mode": "none"}, "delegate_dataset": True}
+    assert any("delegate_dataset: needs allow" in p for p in iso.check(InstanceSpec.from_dict(spec)))
+    assert not [p for p in iso.check(InstanceSpec.from_dict({**spec, "allow": ["mount"]})) if "delegate" in p]
 
 
 @pytest.mark.skipif(not ON_LINUX, reason="checks the answer on Linux")

@@ -154,6 +154,38 @@ def test_io_limits_refused_up_front_and_nothing_made(root: Path, image_src: Path
 
 
 @pytest.mark.parametrize("storage", ["dir", "overlay"])
+def test_delegated_dataset_refused_up_front_where_nothing_can_hand_one_over(
+    root: Path, image_src: Path, storage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Host(root / "host", storage=storage) as host:
+        host.import_image("default", image_src)
+        with pytest.raises(UnsupportedFeature) as e:
+            host.create({"name": "dd", "delegate_dataset": True, "allow": ["mount"]})
+        assert str(e.value).count("delegate_dataset:") == 2
+        assert f"storage backend '{storage}' does not support it" in str(e.value)
+        assert "isolation backend 'linux_ns' does not support it" in str(e.value)
+        assert host.instances() == [] and not host.store.dir("dd").exists()
+        assert mounts_in(root) == [] and cgroups_of(host.tag) == []
+        capsys.readouterr()
+        assert (
+            cli(
+                "--root",
+                str(host.root),
+                "create",
+                "dd",
+                "--delegate-dataset",
+                "--allow",
+                "mount",
+                "--",
+                "true",
+            )
+            != 0
+        )
+        err = capsys.readouterr().err
+        assert "delegate_dataset" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("storage", ["dir", "overlay"])
 def test_update_refuses_what_the_storage_cannot_do(
     root: Path, storage: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

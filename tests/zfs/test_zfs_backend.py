@@ -400,6 +400,23 @@ def test_release_leaves_nothing(zfs_backend, make_ctx: MakeCtx) -> None:
         zfs_backend.usage(ctx)
 
 
+def test_delegated_dataset_is_a_child_never_mounted_on_the_host(zfs_backend, make_ctx: MakeCtx) -> None:
+    """What freebsd_jail hands over with `zfs jail` (its side is tested in tests/freebsd)."""
+    plain = make_ctx()
+    zfs_backend.provision(plain)
+    assert "jail_dataset" not in plain.data.get("storage", {})
+    ctx = make_ctx(delegate_dataset=True, allow=["mount"])
+    path = zfs_backend.provision(ctx).path
+    ds = f"{zfs_backend.instances_ds}/{ctx.id}"
+    data = ctx.data["storage"]["jail_dataset"]
+    assert data == f"{ds}/data"
+    assert zget("mountpoint", data) == "none" and zget("mounted", data) == "no"
+    assert mounted_at(path) == ds  # the root is still the clone, and only it is mounted
+    zfs_backend.release(ctx)
+    listing = zcmd("zfs", "list", "-H", "-o", "name", "-t", "all", "-r", zfs_backend.base)
+    assert ds not in listing and data not in listing
+
+
 def test_gc_removes_only_unknown_roots(zfs_backend, make_ctx: MakeCtx) -> None:
     keep, lost = make_ctx(), make_ctx()
     kpath = zfs_backend.provision(keep).path

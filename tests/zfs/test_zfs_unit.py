@@ -46,7 +46,12 @@ def backend(options: dict[str, str] | None = None) -> ZfsStorage:
 def test_declares_what_it_implements() -> None:
     assert issubclass(ZfsStorage, StorageBase)
     assert ZfsStorage.name == "zfs" and ZfsStorage.kind == "storage"
-    assert ZfsStorage.features == {Feature.COPY_ON_WRITE, Feature.SNAPSHOT, Feature.DISK_QUOTA}
+    assert ZfsStorage.features == {
+        Feature.COPY_ON_WRITE,
+        Feature.SNAPSHOT,
+        Feature.DISK_QUOTA,
+        Feature.DELEGATED_DATASET,
+    }
     s = ZfsStorage.semantics
     assert (s.quota_scope, s.io_limit_on, s.restore) == ("referenced", "none", "latest_only")
 

@@ -29,6 +29,7 @@ class Feature(enum.StrEnum):
     COLD_MIGRATION = "cold_migration"
     USER_NAMESPACE = "user_namespace"
     TERMINAL = "terminal"
+    DELEGATED_DATASET = "delegated_dataset"  # storage offers one, isolation hands it over
 
 
 class Restriction(enum.StrEnum):

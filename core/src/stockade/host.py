@@ -358,6 +358,9 @@ class Host:
             need(Feature.USER_NAMESPACE, iso, "user namespace")
         if spec.process.terminal:
             need(Feature.TERMINAL, iso, "terminal")
+        if spec.delegate_dataset:
+            need(Feature.DELEGATED_DATASET, storage, "delegate_dataset")
+            need(Feature.DELEGATED_DATASET, iso, "delegate_dataset")
         if spec.network.mode in ("none", "loopback", "bridge"):
             need(Feature.NETWORK_ISOLATION, iso, f"network mode {spec.network.mode!r}")
         for r_ in sorted(spec.allow - iso.relaxable):

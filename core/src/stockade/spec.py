@@ -175,6 +175,8 @@ class InstanceSpec:
     allow: frozenset[Restriction] = frozenset()
     user_namespace: UserNamespace | None = None
     readonly_rootfs: bool = False
+    # a dataset of its own that the instance manages (ZFS delegation: `zfs jail` on FreeBSD)
+    delegate_dataset: bool = False
     backends: Backends = field(default_factory=Backends)
     labels: Mapping[str, str] = field(default_factory=dict)
     stop_timeout: float = 10.0
@@ -391,6 +393,7 @@ def _build(p: _Problems, data: Any) -> InstanceSpec | None:
     allow = _allow(p, data.get("allow"))
     userns = _userns(p, data.get("user_namespace"))
     readonly = _bool(p, "readonly_rootfs", data.get("readonly_rootfs"), False)
+    delegate = _bool(p, "delegate_dataset", data.get("delegate_dataset"), False)
 
     b = _table(p, "backends", data.get("backends"))
     _known(p, "backends", b, ["isolation", "quota", "storage"])
@@ -424,6 +427,7 @@ def _build(p: _Problems, data: Any) -> InstanceSpec | None:
         allow=allow,
         user_namespace=userns,
         readonly_rootfs=readonly,
+        delegate_dataset=delegate,
         backends=backends,
         labels=labels,
         stop_timeout=float(st),

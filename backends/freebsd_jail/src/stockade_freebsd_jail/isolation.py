@@ -59,6 +59,7 @@ class FreeBsdJailIsolation(IsolationBase):
             Feature.FS_ISOLATION,
             Feature.NETWORK_ISOLATION,
             Feature.COLD_MIGRATION,
+            Feature.DELEGATED_DATASET,
         }
     )
     semantics: ClassVar[Semantics] = Semantics(
@@ -117,6 +118,8 @@ class FreeBsdJailIsolation(IsolationBase):
         out = self.opts.problems() + unrelaxable(spec.allow)
         if spec.user_namespace is not None:
             out.append("user_namespace: FreeBSD has no user namespaces")
+        if spec.delegate_dataset and Restriction.MOUNT not in spec.allow:
+            out.append("delegate_dataset: needs allow = ['mount'] (the jail mounts its dataset itself)")
         out += self.network_plan(spec, "check").problems
         return out
 

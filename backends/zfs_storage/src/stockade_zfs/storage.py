@@ -75,13 +75,16 @@ def decode_image(component: str) -> str:
     return component.replace("_s", "/").replace("_u", "_")
 
 
+DELEGATED = "data"  # the delegated dataset's name below an instance's root (as iocage's)
+
+
 class ZfsStorage(StorageBase):
     """Storage on ZFS: clone per instance, refquota, snapshots, send/receive."""
 
     name: ClassVar[str] = "zfs"
     priority: ClassVar[int] = 20
     features: ClassVar[frozenset[Feature]] = frozenset(
-        {Feature.COPY_ON_WRITE, Feature.SNAPSHOT, Feature.DISK_QUOTA}
+        {Feature.COPY_ON_WRITE, Feature.SNAPSHOT, Feature.DISK_QUOTA, Feature.DELEGATED_DATASET}
     )
     semantics: ClassVar[Semantics] = Semantics(
         quota_scope="referenced",
@@ -274,6 +277,13 @@ class ZfsStorage(StorageBase):
         ctx.bag("storage").update({"dataset": ds, "origin": origin, "mountpoint": str(mnt)})
         try:
             ops.mount(ds)
+            if ctx.spec.delegate_dataset:
+                # A child of the root, so snapshots, destroy and gc of the root reach it; never
+                # mounted on the host: the isolation backend hands it over (jailed), and the
+                # instance picks its mountpoint.
+                data = f"{ds}/{DELEGATED}"
+                ops.create(data, {"mountpoint": "none"})
+                ctx.bag("storage")["jail_dataset"] = data
         except BaseException:
             self._destroy_tree(ds)
             ctx.bag("storage").clear()

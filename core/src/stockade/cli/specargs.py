@@ -23,6 +23,12 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tmpfs", action="append", default=[], metavar="DST")
     g.add_argument("--read-only", action="store_true", default=None, help="read-only root file system")
     g.add_argument(
+        "--delegate-dataset",
+        action="store_true",
+        default=None,
+        help="a ZFS dataset of the instance's own to manage (FreeBSD jails on zfs; needs --allow mount)",
+    )
+    g.add_argument(
         "--allow",
         action="append",
         default=[],
@@ -119,6 +125,8 @@ def spec_from_args(ns: argparse.Namespace, name: str | None, command: list[str])
         d["mounts"] = mounts
     if ns.read_only:
         d["readonly_rootfs"] = True
+    if ns.delegate_dataset:
+        d["delegate_dataset"] = True
     if ns.allow:
         d["allow"] = [a for item in ns.allow for a in item.split(",") if a]
     if ns.userns:
