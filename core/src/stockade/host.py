@@ -536,6 +536,7 @@ class Host:
             for reg in self.plugins.registry.of_kind(kind):
                 if self.probe(kind, reg.name).ok:
                     removed.extend(self.backend(kind, reg.name).gc(known))
+        removed.extend(f"lock file of {name}" for name in self.store.prune_locks())
         return removed
 
     def delete_exited(self, name: str, pid: int, status: int, *, marked: Callable[[], None]) -> None:

@@ -117,12 +117,57 @@ class StateStore:
     def lock(self, name: str, *, shared: bool = False) -> Iterator[None]:
         """Per-instance lock; every command that changes or decides on an instance holds it."""
         self.locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._acquire(self.locks / f"{name}.lock", fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _acquire(path: Path, how: int) -> int:
+        """flock ``path``; -1 if ``how`` has LOCK_NB and it is held. The file is unlinked
+        under its lock when its instance goes (``remove``): whoever then gets the lock of
+        that old inode finds the path gone or another file there, and tries again."""
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, how)
+                except BlockingIOError:
+                    os.close(fd)
+                    return -1
+                try:
+                    current = os.stat(path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    current = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                return fd
+            os.close(fd)
+
+    def prune_locks(self) -> list[str]:
+        """Unlink lock files of names no instance has (left by a crash, or older versions)."""
+        pruned: list[str] = []
+        try:
+            files = [p for p in self.locks.iterdir() if p.suffix == ".lock"]
+        except FileNotFoundError:
+            return pruned
+        for path in files:
+            name = path.name[: -len(".lock")]
+            if self.dir(name).exists():
+                continue
+            fd = self._acquire(path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fd < 0:
+                continue  # a command is working on that name now
+            try:
+                if not self.dir(name).exists():
+                    path.unlink()
+                    pruned.append(name)
+            finally:
+                os.close(fd)
+        return pruned
 
     def reserve(self, st: InstanceState) -> None:
         """Claim the name atomically (mkdir) and write the first state."""
@@ -184,12 +229,13 @@ class StateStore:
     def remove(self, name: str) -> None:
         import shutil
 
-        # The lock file stays: unlinking it would let a waiter on the old inode and a new
-        # creator of the same name both believe they hold the lock.
+        # Called under the name's lock: unlinking its file is safe because every locker
+        # checks, once it holds a lock, that the file it locked is still the one at the path.
         for d in (self.dir(name), self.run_dir_of(name)):
             shutil.rmtree(d, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.log_path(name).unlink()
+        for path in (self.log_path(name), self.locks / f"{name}.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def rmdir_if_empty(path: Path) -> None:

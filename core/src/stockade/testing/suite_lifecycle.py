@@ -96,11 +96,9 @@ class LifecycleSuite:
             raise
         before = host_resources(subject.root, host.tag)
         files1 = tree_listing(subject.root, skip)
-        locks = _lock_files(subject)
         kept = sorted(files1 - files0)
-        own = [p for p in kept if any(k in p for k in warm_keys) and p not in locks]
+        own = [p for p in kept if any(k in p for k in warm_keys)]
         assert not own, f"delete left files of the instance in the host root: {_summary(own)}"
-        kept = [p for p in kept if p not in locks]
         if kept:
             note(request, f"host-wide state the first instance made, kept by design: {_summary(kept)}")
         with running(
@@ -118,7 +116,7 @@ class LifecycleSuite:
         after = host_resources(subject.root, host.tag, ident)
         left = sorted(after - before)
         assert not left, f"delete left behind: {left} (while running: {sorted(during - before)})"
-        stray = sorted(tree_listing(subject.root, skip) - files1 - _lock_files(subject))
+        stray = sorted(tree_listing(subject.root, skip) - files1)
         assert not stray, f"delete left files in the host root {subject.root}: {_summary(stray)}"
         assert pid is None or not os.path.exists(f"/proc/{pid}") or _zombie_or_other(pid), (
             f"pid {pid} survived"
@@ -228,22 +226,6 @@ except Exception as e:
     print("failed", e, flush=True)
 sys.stdin.read()
 """
-
-
-def _lock_files(subject: Subject) -> set[str]:
-    """The per-name lock files of the host's state store (empty files): they stay after
-    delete by design, since unlinking one would let a waiter on the old inode and a new
-    creator of the name both hold "the" lock (stockade.state.StateStore.remove)."""
-    locks = subject.host.store.locks
-    try:
-        rel = locks.relative_to(subject.root).as_posix()
-        return {
-            f"{rel}/{p.name}"
-            for p in locks.iterdir()
-            if p.name.endswith(".lock") and p.is_file() and p.stat().st_size == 0
-        }
-    except (ValueError, OSError):  # the run dir is outside the root, or not made yet
-        return set()
 
 
 def _summary(paths: list[str], most: int = 12) -> str:
