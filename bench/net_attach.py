@@ -23,11 +23,29 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from net.nethelpers import Netns, create_network, make_ctx
 from stockade.interfaces import BackendConfig
+
+
+def ip_attach(link: str, netns: str, inside: list[str], net: Any, addrs: list[str]) -> list[list[str]]:
+    """The `ip` commands doing what attach_instance_network does in the kernel: ``netns`` is
+    the namespace as `ip link ... netns` takes it (a pid or a name), ``inside`` the `ip`
+    command that reaches into it (nsenter or `ip -n`), so both "ip" rows time the same work."""
+    addr4, addr6 = addrs
+    return [
+        ["ip", "link", "add", link, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns", netns],
+        ["ip", "link", "set", link, "master", net.bridge, "up"],
+        [*inside, "addr", "add", addr4, "dev", "eth0"],
+        [*inside, "addr", "add", addr6, "dev", "eth0", "nodad"],
+        [*inside, "link", "set", "lo", "up"],
+        [*inside, "link", "set", "eth0", "up"],
+        [*inside, "route", "add", "default", "via", net.gateways[0]],
+        [*inside, "-6", "route", "add", "default", "via", net.gateways[1]],
+    ]
 
 
 def main() -> None:
@@ -81,30 +99,7 @@ def main() -> None:
             ns = Netns()
             link = f"stkbi{i:02d}{uuid.uuid4().hex[:4]}"
             inside = ["nsenter", f"--net={ns.path}", "ip"]
-            cmds = [
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    link,
-                    "mtu",
-                    "1500",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    str(ns.pid),
-                ],
-                ["ip", "link", "set", link, "master", net.bridge, "up"],
-                [*inside, "addr", "add", f"{p4}.201/24", "dev", "eth0"],
-                [*inside, "addr", "add", f"{p6}::201/64", "dev", "eth0", "nodad"],
-                [*inside, "link", "set", "lo", "up"],
-                [*inside, "link", "set", "eth0", "up"],
-                [*inside, "route", "add", "default", "via", net.gateways[0]],
-                [*inside, "-6", "route", "add", "default", "via", net.gateways[1]],
-            ]
+            cmds = ip_attach(link, str(ns.pid), inside, net, [f"{p4}.201/24", f"{p6}::201/64"])
             t0 = time.perf_counter()
             for c in cmds:
                 subprocess.run(c, check=True)
@@ -116,28 +111,7 @@ def main() -> None:
             inside = ["ip", "-n", name]
             cmds = [
                 ["ip", "netns", "add", name],
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    link,
-                    "mtu",
-                    "1500",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    name,
-                ],
-                ["ip", "link", "set", link, "master", net.bridge, "up"],
-                [*inside, "addr", "add", f"{p4}.202/24", "dev", "eth0"],
-                [*inside, "addr", "add", f"{p6}::202/64", "dev", "eth0", "nodad"],
-                [*inside, "link", "set", "lo", "up"],
-                [*inside, "link", "set", "eth0", "up"],
-                [*inside, "route", "add", "default", "via", net.gateways[0]],
-                [*inside, "-6", "route", "add", "default", "via", net.gateways[1]],
+                *ip_attach(link, name, inside, net, [f"{p4}.202/24", f"{p6}::202/64"]),
             ]
             t0 = time.perf_counter()
             try:

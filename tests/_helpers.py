@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from stockade import Host
 
 
 def leftovers(root: Path, tag: str) -> list[str]:
@@ -21,3 +26,30 @@ def leftovers(root: Path, tag: str) -> list[str]:
         elif dirpath.count("/") > 9:
             dirnames.clear()
     return found
+
+
+def fill(path: Path, limit: int) -> tuple[int, int | None]:
+    """Write random data to ``path`` in 1 MiB chunks until an error or ``limit``: (bytes
+    written, errno). Each chunk is synced, or delayed allocation reports the quota late."""
+    chunk = os.urandom(1 << 20)
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while written < limit:
+            try:
+                written += os.write(fd, chunk)
+                os.fsync(fd)
+            except OSError as e:
+                return written, e.errno
+    finally:
+        with contextlib.suppress(OSError):  # close may report the quota error again
+            os.close(fd)
+    return written, None
+
+
+def discard_host(host: Host) -> None:
+    """A host fixture's teardown: force-delete what a test left, gc, close."""
+    for inst in host.instances():
+        inst.delete(force=True)
+    host.gc()
+    host.close()

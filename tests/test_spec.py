@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 from stockade import InstanceSpec, SpecError
 from stockade.features import Restriction
-from stockade.spec import parse_publish, parse_size
+from stockade.limits import IO_LIMITS, QUOTA_LIMITS
+from stockade.spec import IOLimits, Resources, parse_publish, parse_size
 
 
 @pytest.mark.parametrize(
@@ -109,6 +112,19 @@ def test_swap_needs_memory_and_must_cover_it() -> None:
         InstanceSpec.from_dict({"name": "x", "resources": {"memory_swap": "1G"}})
     with pytest.raises(SpecError, match="must be at least resources.memory"):
         InstanceSpec.from_dict({"name": "x", "resources": {"memory": "1G", "memory_swap": "512M"}})
+
+
+def test_limit_names_are_the_resource_fields() -> None:
+    # the names live apart from the dataclasses (the CLI's run path): a new limit needs both
+    assert {f.name for f in fields(Resources)} == {*QUOTA_LIMITS, "cpu_period_us", "disk", "io"}
+    assert [f.name for f in fields(IOLimits)] == list(IO_LIMITS)
+    for res, cgroup in (
+        ({"memory": "1G"}, True),
+        ({"cpuset_mems": "0"}, True),
+        ({"io": {"write_iops": 5}}, True),
+        ({"disk": "1G"}, False),
+    ):
+        assert InstanceSpec.from_dict({"name": "x", "resources": res}).resources.any_cgroup_limit() is cgroup
 
 
 def test_publish() -> None:

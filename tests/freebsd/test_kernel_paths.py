@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from stockade.errors import IsolationError
 from stockade.interfaces import BackendConfig, InstanceContext
+from stockade.spec import InstanceSpec
 from stockade_freebsd_jail import _ffi, isolation, quota
 from stockade_freebsd_jail.iovec import build_iovec, read_iovec
 from stockade_freebsd_jail.isolation import FreeBsdJailIsolation
@@ -42,6 +43,18 @@ def _quota(lib: FakeLib) -> RctlQuota:
     q = RctlQuota(CONFIG)
     q._kernel = Kernel(lib)
     return q
+
+
+def _ctx(spec: InstanceSpec) -> InstanceContext:
+    """An instance context for the quota backend, which never touches its directories."""
+    return InstanceContext(
+        id="web",
+        name="web",
+        spec=spec,
+        config=CONFIG,
+        state_dir=Path("/nonexistent"),
+        run_dir=Path("/nonexistent"),
+    )
 
 
 @pytest.mark.usefixtures("as_freebsd")
@@ -83,14 +96,7 @@ def test_racct_answer_and_erange_retry(fake_lib: FakeLib) -> None:
 def test_quota_stats_through_the_kernel(fake_lib: FakeLib) -> None:
     fake_lib.racct = "cputime=2,memoryuse=1048576,maxproc=3,pcpu=7"
     spec = make_spec(resources={"memory": "64M", "pids": 10})
-    ctx = InstanceContext(
-        id="web",
-        name="web",
-        spec=spec,
-        config=CONFIG,
-        state_dir=Path("/nonexistent"),
-        run_dir=Path("/nonexistent"),
-    )
+    ctx = _ctx(spec)
     stats = _quota(fake_lib).stats(ctx)
     assert (stats.memory_used, stats.cpu_usage_ns, stats.pids_current) == (1048576, 2_000_000_000, 3)
     assert fake_lib.calls == [("rctl_get_racct", (b"jail:stockade-t1-web\0", 4096))]
@@ -100,14 +106,7 @@ def test_quota_stats_through_the_kernel(fake_lib: FakeLib) -> None:
 
 def test_quota_create_and_update_send_each_rule(fake_lib: FakeLib) -> None:
     spec = make_spec(resources={"memory": "64M", "io": {"write_bps": "1M"}})
-    ctx = InstanceContext(
-        id="web",
-        name="web",
-        spec=spec,
-        config=CONFIG,
-        state_dir=Path("/nonexistent"),
-        run_dir=Path("/nonexistent"),
-    )
+    ctx = _ctx(spec)
     q = _quota(fake_lib)
     q.create(ctx)
     assert fake_lib.calls == [

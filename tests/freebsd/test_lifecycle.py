@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from stockade.interfaces import BackendConfig, InstanceContext, RootFS, Stdio
+from stockade.spec import InstanceSpec
 from stockade_freebsd_jail._ffi import JAIL_CREATE, MNT_RDONLY
 from stockade_freebsd_jail.isolation import FreeBsdJailIsolation
 from stockade_freebsd_jail.kernel import Kernel
@@ -27,6 +28,19 @@ def tmp() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _context(spec: InstanceSpec, config: BackendConfig, root: Path) -> InstanceContext:
+    """The instance "web" with its state and run directories in the test's config root."""
+    return InstanceContext(
+        id="web",
+        name="web",
+        spec=spec,
+        config=config,
+        state_dir=config.root / "s",
+        run_dir=config.run_dir,
+        rootfs=RootFS(str(root)),
+    )
 
 
 def test_create_start_destroy_sequence(tmp: Path, fake_lib: FakeLib) -> None:
@@ -57,15 +71,7 @@ def test_create_start_destroy_sequence(tmp: Path, fake_lib: FakeLib) -> None:
         network={"mode": "none"},
         resources={"memory": "64M"},
     )
-    ctx = InstanceContext(
-        id="web",
-        name="web",
-        spec=spec,
-        config=config,
-        state_dir=tmp / "s",
-        run_dir=run,
-        rootfs=RootFS(str(root)),
-    )
+    ctx = _context(spec, config, root)
     joined = tmp / "joined"
     spawned = iso.create(ctx, Stdio(), lambda pid: joined.write_text(str(pid)))
     assert (root / "dev").is_dir() and (root / "data").is_dir()
@@ -121,15 +127,7 @@ def test_zfs_dataset_delegation_order(tmp: Path, fake_lib: FakeLib, monkeypatch:
 
     def context(allow: list[str]) -> InstanceContext:
         spec = make_spec(process={"args": ["/bin/true"]}, network={"mode": "none"}, allow=allow)
-        ctx = InstanceContext(
-            id="web",
-            name="web",
-            spec=spec,
-            config=config,
-            state_dir=tmp / "s",
-            run_dir=run,
-            rootfs=RootFS(str(root)),
-        )
+        ctx = _context(spec, config, root)
         ctx.bag("storage")["jail_dataset"] = "tank/stockade/web-data"
         return ctx
 

@@ -98,26 +98,34 @@ def test_same_network_tcp_udp_by_name(env: Env) -> None:
     assert {x["name"] for x in info.instances} == {"alpha", "beta"}
 
 
+@contextlib.contextmanager
+def _forwarding(*links: str) -> Iterator[None]:
+    """IPv4 forwarding on for packets arriving on ``links`` while the block runs: the kernel
+    would then route between them, so what stops a packet must be the firewall."""
+    conf = [f"/proc/sys/net/ipv4/conf/{link}/forwarding" for link in links]
+    for p in conf:
+        Path(p).write_text("1")
+    try:
+        yield
+    finally:
+        for p in conf:
+            Path(p).write_text("0")
+
+
 def test_other_network_is_unreachable_even_with_forwarding(env: Env) -> None:
     from stockade_linux_ns.net import firewall
 
     n1, n2 = env.network(), env.network()
     _, ns_a = env.instance("left", n1.name)
     c, ns_c = env.instance("right", n2.name)
-    # Turn on forwarding for packets arriving on these two bridges only, so the kernel
-    # would route between them: what stops the packets must be the firewall.
-    conf = [f"/proc/sys/net/ipv4/conf/{b}/forwarding" for b in (n1.bridge, n2.bridge)]
     before = firewall.counters(env.config.host_tag)
-    for p in conf:
-        Path(p).write_text("1")
-    srv = ns_c.serve("tcp", "0.0.0.0", 7002)
-    try:
-        out = ns_a.call("tcp", c.data["network"]["ipv4"], 7002, timeout=1.0)
-    finally:
-        for p in conf:
-            Path(p).write_text("0")
-        srv.kill()
-        srv.wait()
+    with _forwarding(n1.bridge, n2.bridge):
+        srv = ns_c.serve("tcp", "0.0.0.0", 7002)
+        try:
+            out = ns_a.call("tcp", c.data["network"]["ipv4"], 7002, timeout=1.0)
+        finally:
+            srv.kill()
+            srv.wait()
     assert out.startswith("FAIL"), out
     after = firewall.counters(env.config.host_tag)
     assert after["forward-in-drop"] > before["forward-in-drop"]
@@ -358,20 +366,18 @@ def test_other_network_unreachable_both_ways_v4_v6(env: Env) -> None:
     n1, n2 = env.network(), env.network()
     a, ns_a = env.instance("east", n1.name)
     b, ns_b = env.instance("west", n2.name)
-    conf = [f"/proc/sys/net/ipv4/conf/{br}/forwarding" for br in (n1.bridge, n2.bridge)]
     before = firewall.counters(env.config.host_tag)
     servers = [ns.serve("tcp", "::", 7010) for ns in (ns_a, ns_b)]
-    for p in conf:
-        Path(p).write_text("1")  # the kernel would route between the bridges: the firewall must not
     try:
-        outs = {
-            f"{src}->{dst.name} v{v}": src_ns.call("tcp", dst.data["network"][f"ipv{v}"], 7010, timeout=1.0)
-            for src, src_ns, dst in (("east", ns_a, b), ("west", ns_b, a))
-            for v in (4, 6)
-        }
+        with _forwarding(n1.bridge, n2.bridge):
+            outs = {
+                f"{src}->{dst.name} v{v}": src_ns.call(
+                    "tcp", dst.data["network"][f"ipv{v}"], 7010, timeout=1.0
+                )
+                for src, src_ns, dst in (("east", ns_a, b), ("west", ns_b, a))
+                for v in (4, 6)
+            }
     finally:
-        for p in conf:
-            Path(p).write_text("0")
         for srv in servers:
             srv.kill()
             srv.wait()
@@ -477,7 +483,6 @@ def test_nothing_leaves_through_an_uplink(env: Env, netns: Callable[[], Netns]) 
         ["ip", "link", "add", uplink, "type", "veth", "peer", "name", "eth0", "netns", str(outside.pid)],
         check=True,
     )
-    conf = [f"/proc/sys/net/ipv4/conf/{i}/forwarding" for i in (net.bridge, uplink)]
     try:
         subprocess.run(["ip", "addr", "add", f"{up4}.1/24", "dev", uplink], check=True)
         subprocess.run(["ip", "link", "set", uplink, "up"], check=True)
@@ -485,20 +490,17 @@ def test_nothing_leaves_through_an_uplink(env: Env, netns: Callable[[], Netns]) 
         outside.run("ip", "link", "set", "eth0", "up")
         outside.run("ip", "route", "add", "default", "via", f"{up4}.1")
         srv = outside.serve("tcp", "0.0.0.0", 7020)
-        for p in conf:
-            Path(p).write_text("1")
         try:
-            before = firewall.counters(env.config.host_tag)["forward-in-drop"]
-            out = ns.call("tcp", f"{up4}.2", 7020, timeout=1.0)
-            assert out.startswith("FAIL") and "timed out" in out, out
-            assert firewall.counters(env.config.host_tag)["forward-in-drop"] > before
-            # the outside got nothing from the instance (/proc/self/net is the
-            # namespace's own; /sys would show the host's links)
-            rx = _rx_packets(outside, "eth0")
-            assert rx < 5, rx  # (IPv6 router/neighbour chatter from the host at most)
+            with _forwarding(net.bridge, uplink):
+                before = firewall.counters(env.config.host_tag)["forward-in-drop"]
+                out = ns.call("tcp", f"{up4}.2", 7020, timeout=1.0)
+                assert out.startswith("FAIL") and "timed out" in out, out
+                assert firewall.counters(env.config.host_tag)["forward-in-drop"] > before
+                # the outside got nothing from the instance (/proc/self/net is the
+                # namespace's own; /sys would show the host's links)
+                rx = _rx_packets(outside, "eth0")
+                assert rx < 5, rx  # (IPv6 router/neighbour chatter from the host at most)
         finally:
-            for p in conf:
-                Path(p).write_text("0")
             srv.kill()
             srv.wait()
     finally:

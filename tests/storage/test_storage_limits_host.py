@@ -4,13 +4,12 @@ limits refused up front, at create and at update, on storage that has no block d
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _helpers import discard_host, fill
 from stockade import Host
 from stockade.errors import SpecError, StockadeError, UnsupportedFeature
 
@@ -26,24 +25,6 @@ storage = "overlay"
 quota_fs = "btrfs"
 quota_fs_size = "1G"
 """
-
-
-def fill_bytes(path: Path, limit: int) -> tuple[int, int | None]:
-    """Write 1 MiB chunks, synced, until ``limit`` or an error: (bytes written, errno)."""
-    chunk = os.urandom(MIB)
-    written = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        while written < limit:
-            try:
-                written += os.write(fd, chunk)
-                os.fsync(fd)
-            except OSError as e:
-                return written, e.errno
-    finally:
-        with contextlib.suppress(OSError):  # close may report the quota error again
-            os.close(fd)
-    return written, None
 
 
 def cgroups_of(tag: str) -> list[str]:
@@ -62,10 +43,7 @@ def quota_host(root: Path) -> Iterator[Host]:
     try:
         yield host
     finally:
-        for inst in host.instances():
-            inst.delete(force=True)
-        host.gc()
-        host.close()
+        discard_host(host)
         assert cgroups_of(host.tag) == []
 
 
@@ -94,7 +72,7 @@ def test_root_config_errors_are_one_line(root: Path) -> None:
 def test_disk_quota_changes_after_create(quota_host: Host) -> None:
     inst = quota_host.create({"name": "grow", "resources": {"disk": "24M"}})
     merged = Path(inst.context().rootfs.path)  # type: ignore[union-attr]
-    written, err = fill_bytes(merged / "a", 40 * MIB)
+    written, err = fill(merged / "a", 40 * MIB)
     assert err is not None and written < 26 * MIB, (written, err)  # the kernel stops it
     (merged / "a").unlink()
 
@@ -102,7 +80,7 @@ def test_disk_quota_changes_after_create(quota_host: Host) -> None:
     usage = inst.stats().storage
     assert usage is not None and usage.quota == 64 * MIB
     assert quota_host.get("grow").spec.resources.disk == 64 * MIB  # recorded
-    written, err = fill_bytes(merged / "b", 40 * MIB)
+    written, err = fill(merged / "b", 40 * MIB)
     assert err is None and written == 40 * MIB  # now it fits
 
     inst.update({"disk": None})

@@ -6,7 +6,6 @@ Each check is made independently of the backend where it can be: mounts from
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _helpers import fill
 from stockade.errors import (
     AlreadyExists,
     ImageNotFound,
@@ -64,24 +64,6 @@ def tree_digest(root: str) -> str:
 def txg_sync(ctx: InstanceContext) -> None:
     """Wait for the pool's transaction group: space accounting lags writes by up to 5 s."""
     zcmd("zpool", "sync", ctx.config.options["dataset"].split("/")[0])
-
-
-def fill(path: Path, limit: int) -> tuple[int, int | None]:
-    """Write random data to ``path`` in 1 MiB chunks, synced, until an error or ``limit``."""
-    chunk = os.urandom(1 << 20)
-    written = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        while written < limit:
-            try:
-                written += os.write(fd, chunk)
-                os.fsync(fd)
-            except OSError as e:
-                return written, e.errno
-    finally:
-        with contextlib.suppress(OSError):  # close may report the quota error again
-            os.close(fd)
-    return written, None
 
 
 # --- images ---------------------------------------------------------------------------------

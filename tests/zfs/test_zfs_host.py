@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _helpers import discard_host
 from stockade import Host
 from stockade.errors import UnsupportedFeature
 
@@ -41,10 +42,7 @@ def zfs_host(pool: str) -> Iterator[Host]:
     try:
         yield host
     finally:
-        for inst in host.instances():
-            inst.delete(force=True)
-        host.gc()
-        host.close()
+        discard_host(host)
         shutil.rmtree(root, ignore_errors=True)
 
 

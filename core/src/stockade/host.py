@@ -52,6 +52,7 @@ from .interfaces import (
     StorageBackend,
     StorageUsage,
 )
+from .limits import IO_LIMITS, QUOTA_LIMITS
 from .plugins import PluginManager, default_manager
 from .spec import InstanceSpec, Process, Resources
 from .state import LIVE, InstanceState, StateStore, pid_alive, proc_start_time, wait_exit
@@ -145,25 +146,11 @@ def load_root_config(root: Path) -> dict[str, Any]:
     return conf
 
 
-_LIVE_LIMITS = (
-    "memory",
-    "memory_swap",
-    "memory_reservation",
-    "cpus",
-    "cpu_weight",
-    "cpuset_cpus",
-    "cpuset_mems",
-    "pids",
-)
-
-
 def _removed_limits(old: Resources, new: Resources) -> list[str]:
     """The quota limits ``old`` has and ``new`` drops (the disk quota is the storage's)."""
-    gone = [f for f in _LIVE_LIMITS if getattr(old, f) is not None and getattr(new, f) is None]
+    gone = [f for f in QUOTA_LIMITS if getattr(old, f) is not None and getattr(new, f) is None]
     return gone + [
-        f"io.{f}"
-        for f in ("read_bps", "write_bps", "read_iops", "write_iops")
-        if getattr(old.io, f) is not None and getattr(new.io, f) is None
+        f"io.{f}" for f in IO_LIMITS if getattr(old.io, f) is not None and getattr(new.io, f) is None
     ]
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from .errors import SpecError
 from .features import Restriction
+from .limits import IO_LIMITS, QUOTA_LIMITS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 HOSTNAME_RE = re.compile(
@@ -79,7 +80,7 @@ class IOLimits:
     write_iops: int | None = None
 
     def any(self) -> bool:
-        return any(v is not None for v in (self.read_bps, self.write_bps, self.read_iops, self.write_iops))
+        return any(getattr(self, f) is not None for f in IO_LIMITS)
 
 
 @dataclass(frozen=True)
@@ -97,22 +98,7 @@ class Resources:
     io: IOLimits = field(default_factory=IOLimits)
 
     def any_cgroup_limit(self) -> bool:
-        return (
-            any(
-                v is not None
-                for v in (
-                    self.memory,
-                    self.memory_swap,
-                    self.memory_reservation,
-                    self.cpus,
-                    self.cpu_weight,
-                    self.cpuset_cpus,
-                    self.cpuset_mems,
-                    self.pids,
-                )
-            )
-            or self.io.any()
-        )
+        return any(getattr(self, f) is not None for f in QUOTA_LIMITS) or self.io.any()
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..limits import IO_LIMITS, QUOTA_LIMITS
+
 TYPE_CHECKING = False  # typing costs milliseconds on the run path
 if TYPE_CHECKING:
     from typing import Any
+
+# cpuset_mems is set in a spec file only (no flag); disk is the storage's quota, not a cgroup's
+_RESOURCE_FLAGS = (*(f for f in QUOTA_LIMITS if f != "cpuset_mems"), "disk")
 
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
@@ -91,21 +96,12 @@ def spec_from_args(ns: argparse.Namespace, name: str | None, command: list[str])
     if proc:
         d["process"] = proc
     res: dict[str, Any] = {}
-    for key in (
-        "memory",
-        "memory_swap",
-        "memory_reservation",
-        "cpus",
-        "cpu_weight",
-        "cpuset_cpus",
-        "pids",
-        "disk",
-    ):
+    for key in _RESOURCE_FLAGS:
         val = getattr(ns, key)
         if val is not None:
             res[key] = _num(val)
     io: dict[str, Any] = {}
-    for key in ("read_bps", "write_bps", "read_iops", "write_iops"):
+    for key in IO_LIMITS:
         val = getattr(ns, f"io_{key}")
         if val is not None:
             io[key] = _num(val)
