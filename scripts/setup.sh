@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 # gcc + libc6-dev: the conformance suite's static in-instance probe. iproute2, nftables,
 # libnftables1: bridged networking. runc, crun, bubblewrap, hyperfine: benchmarks side by side.
 # xfsprogs, btrfs-progs: loop-backed file systems in the storage tests.
+# binutils-aarch64-linux-gnu, qemu-user-static: the tests assemble linux_ns's exec trampoline
+# for both machines it ships for and run the other machine's under qemu.
 PACKAGES="busybox-static libseccomp2 python3 python3-venv gcc libc6-dev iproute2 nftables libnftables1
-runc crun bubblewrap hyperfine xfsprogs btrfs-progs util-linux"
+runc crun bubblewrap hyperfine xfsprogs btrfs-progs util-linux binutils-aarch64-linux-gnu
+qemu-user-static"
 
 # The ZFS libraries (libzfs_core, libzfs, libnvpair: the zfs storage backend loads them with
 # cffi; the headers generate its declarations) are in Debian's contrib component.

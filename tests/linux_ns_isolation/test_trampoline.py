@@ -50,19 +50,60 @@ def _run(args: list[str], *, report: bool = True, argv0: bytes | None = None) ->
     return os.waitstatus_to_exitcode(status), out, rep
 
 
-@pytest.mark.skipif(
-    not (shutil.which("as") and shutil.which("objcopy")), reason="binutils (as, objcopy) missing"
-)
-def test_the_bytes_are_the_assembled_source(tmp_path: Path) -> None:
-    if os.uname().machine != "x86_64":
-        pytest.skip("the source kept is x86-64")
+_ASSEMBLERS = {
+    "x86_64": ("x86_64-linux-gnu-as", "x86_64-linux-gnu-objcopy", ".intel_syntax noprefix\n"),
+    "aarch64": ("aarch64-linux-gnu-as", "aarch64-linux-gnu-objcopy", ""),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(_ASSEMBLERS))
+def test_the_bytes_are_the_assembled_source(arch: str, tmp_path: Path) -> None:
+    as_, objcopy, prelude = _ASSEMBLERS[arch]
+    if os.uname().machine == arch:  # the native tools may go by their plain names
+        as_, objcopy = shutil.which(as_) or "as", shutil.which(objcopy) or "objcopy"
+    if not (shutil.which(as_) and shutil.which(objcopy)):
+        pytest.skip(f"{as_} missing (binutils for {arch}; scripts/setup.sh installs them)")
+    source = {"x86_64": trampoline._SOURCE_X86_64, "aarch64": trampoline._SOURCE_AARCH64}[arch]
+    code = {"x86_64": trampoline._CODE_X86_64, "aarch64": trampoline._CODE_AARCH64}[arch]
     src = tmp_path / "t.s"
-    src.write_text(".intel_syntax noprefix\n.globl _start\n_start:\n" + trampoline._SOURCE_X86_64)
-    subprocess.run(["as", "--64", "-o", str(tmp_path / "t.o"), str(src)], check=True)
+    src.write_text(f"{prelude}.globl _start\n_start:\n{source}")
+    subprocess.run([as_, "-o", str(tmp_path / "t.o"), str(src)], check=True)
     subprocess.run(
-        ["objcopy", "-O", "binary", "-j", ".text", str(tmp_path / "t.o"), str(tmp_path / "t")], check=True
+        [objcopy, "-O", "binary", "-j", ".text", str(tmp_path / "t.o"), str(tmp_path / "t")], check=True
     )
-    assert (tmp_path / "t").read_bytes() == trampoline._CODE_X86_64
+    assert (tmp_path / "t").read_bytes() == code
+    assert trampoline.elf(arch).endswith(code)
+
+
+def test_the_aarch64_program_runs(tmp_path: Path) -> None:
+    """Under qemu-user: qemu's execve is the kernel's, so the command runs natively."""
+    qemu = shutil.which("qemu-aarch64-static")
+    if os.uname().machine == "aarch64" or qemu is None:
+        pytest.skip("the native run covers this machine; or qemu-user-static missing")
+    prog = tmp_path / "tramp"
+    prog.write_bytes(trampoline.elf("aarch64"))
+    prog.chmod(0o755)
+    plain = tmp_path / "plain"
+    plain.write_text("not executable")
+    r, w = os.pipe()
+    mark = b"\x7f" + bytes([w + 1]) + b"failed "
+    try:
+        ok = subprocess.run(
+            [qemu, "-0", mark, prog, "/bin/sh", "argv0", "-c", "echo $0-$1", "x", "y"],
+            capture_output=True,
+            pass_fds=(w,),
+            check=False,
+        )
+        bad = subprocess.run(
+            [qemu, "-0", mark, prog, str(plain), "p"], capture_output=True, pass_fds=(w,), check=False
+        )
+        other = subprocess.run([qemu, prog, "/bin/true"], capture_output=True, check=False)
+    finally:
+        os.close(w)
+    report = read_all(r, 5)
+    assert (ok.returncode, ok.stdout) == (0, b"x-y\n")
+    assert bad.returncode == 127 and report == f"failed {errno.EACCES}\n"
+    assert other.returncode == 127  # argv[0] without the mark: runs nothing
 
 
 def test_execs_with_exactly_the_argv_and_env_given_and_closes_the_report_fd() -> None:
