@@ -524,11 +524,17 @@ class ZfsStorage(StorageBase):
         return removed
 
     def _destroy_tree(self, ds: str) -> None:
-        """Unmount, destroy the snapshots, destroy the file system. Retries a busy unmount.
+        """Unmount, destroy the snapshots, destroy the file system, its children (a delegated
+        dataset) first. Retries a busy unmount.
 
         Only ever below this host root's own dataset (``<parent>/<host tag>/``)."""
         if not ds.startswith(f"{self.base}/") or "@" in ds:
             raise StorageError(f"refusing to destroy {ds!r}: not below {self.base}")
+        kids: list[str] = []
+        with contextlib.suppress(NotFound):
+            kids = ops.children(ds)
+        for child in kids:
+            self._destroy_tree(child)
         for attempt in range(5):
             try:
                 ops.unmount(ds)
