@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from stockade.builtin.dir_storage import DirStorage
 from stockade.errors import Unavailable
 from stockade.features import Feature, Probe, Restriction
-from stockade.interfaces import InstanceContext, QuotaBase, RootFS
+from stockade.interfaces import InstanceContext, QuotaBase, RootFS, Spawned, Stdio
 from stockade.plugins import Registry, hookimpl
+from stockade_linux_ns.isolation import LinuxNsIsolation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "chroot_backend" / "src"))
 
@@ -45,6 +48,52 @@ class LyingChroot(ChrootIsolation):
     restrictions: ClassVar[frozenset[Restriction]] = frozenset(
         {Restriction.HOST_PROCESSES, Restriction.MOUNT}
     )
+
+
+class NoFirewallNs(LinuxNsIsolation):
+    """linux_ns, declaring everything it does, whose bridged networks have no host firewall:
+    once an instance is made, it drops the root's nftables table (what a backend that
+    forgot the input and forward chains looks like)."""
+
+    name: ClassVar[str] = "no_firewall_ns"
+    priority: ClassVar[int] = 0
+
+    def create(self, ctx: InstanceContext, stdio: Stdio, join: Any) -> Spawned:
+        spawned = super().create(ctx, stdio, join)
+        if ctx.spec.network.mode == "bridge":
+            from stockade_linux_ns.net import firewall
+
+            firewall.delete_table(self.config.host_tag)
+        return spawned
+
+
+class SharedNetnsBridgeNs(LinuxNsIsolation):
+    """linux_ns whose bridged instances share the host's network namespace (a bridge mode
+    that forgets to unshare it); loopback mode stays right."""
+
+    name: ClassVar[str] = "shared_netns_bridge_ns"
+    priority: ClassVar[int] = 0
+
+    def _instance_plan(
+        self,
+        ctx: InstanceContext,
+        stdio: Stdio,
+        etc_binds: tuple[tuple[str, str], ...],
+        spare: Sequence[tuple[int, int]] = (),
+    ) -> Any:
+        from stockade_linux_ns import syscalls
+
+        plan = super()._instance_plan(ctx, stdio, etc_binds, spare)
+        if ctx.spec.network.mode != "bridge":
+            return plan
+        net = syscalls.CLONE_NEWNET
+        return dataclasses.replace(
+            plan,
+            ns_flags=plan.ns_flags & ~net,
+            enter=tuple(e for e in plan.enter if e[1] != net),
+            loopback_up=False,
+            attach_network=False,
+        )
 
 
 # A missing host prerequisite: the suite must say "cannot run here" and why, never pass or fail.
@@ -125,6 +174,8 @@ class LiarsPlugin:
         registry.add(LeakyLoopStorage)
         registry.add(LeakyFileStorage)
         registry.add(SloppyRollbackStorage)
+        registry.add(NoFirewallNs)
+        registry.add(SharedNetnsBridgeNs)
 
 
 class ChrootPlugin:

@@ -273,6 +273,78 @@ def test_rollback_that_misses_a_mode_fails(tmp_path: Path) -> None:
     assert "regular file|600|0:0|/etc/group" in rec["why"], rec
 
 
+LEAKY_BRIDGE = """
+import sys
+sys.path.insert(0, {here!r})
+from liars import LiarsPlugin
+from stockade.plugins import PluginManager
+from stockade.testing import BackendChoice, IsolationSuite
+
+PLUGINS = PluginManager(extra=[("liars", LiarsPlugin())])
+
+
+class TestNoFirewall(IsolationSuite):
+    backends = BackendChoice(isolation="no_firewall_ns", quota="cgroup", storage="dir", plugins=PLUGINS)
+
+
+class TestSharedNetns(IsolationSuite):
+    backends = BackendChoice(
+        isolation="shared_netns_bridge_ns", quota="cgroup", storage="dir", plugins=PLUGINS
+    )
+"""
+
+
+def _links(prefix: str) -> set[str]:
+    net = Path("/sys/class/net")
+    return {p.name for p in net.iterdir() if p.name.startswith(prefix)} if net.is_dir() else set()
+
+
+def _tables() -> set[str]:
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+    return {line.strip() for line in out.splitlines() if "stockade_" in line}
+
+
+def test_bridge_that_leaks_fails_network_isolation(tmp_path: Path) -> None:
+    """Backends declaring network isolation whose bridge mode leaks fail the network cell,
+    loopback mode still passing: one with no host firewall (the host's addresses and the
+    other network's instance answer from inside), one whose bridged instances share the
+    host's network namespace. Both measured from inside a bridged instance."""
+    if not Path("/proc/self/ns/net").exists():
+        pytest.skip("no network namespaces here")
+    before, tables_before = _links("stk"), _tables()
+    data = run_suite(tmp_path, LEAKY_BRIDGE.format(here=str(HERE)), "-k", "test_network_isolation")
+    by_label = {s["label"]: key for key, s in data["subjects"].items()}
+    recs = {
+        (label, r["nodeid"].rsplit("::", 1)[-1]): r
+        for label, key in by_label.items()
+        for r in data["records"]
+        if r["class"] == key
+    }
+    for iso in ("no_firewall_ns", "shared_netns_bridge_ns"):
+        row = f"{iso}+cgroup+dir"
+        loop = recs[(row, "test_network_isolation[loopback]")]
+        assert loop["outcome"] == "pass", loop
+        bridge = recs[(row, "test_network_isolation[bridge]")]
+        if bridge["outcome"] == "cannot run here":
+            pytest.skip(f"no bridged network here: {bridge['why']}")
+        assert bridge["outcome"] == "fail", bridge
+        assert "a bridged instance reaches the host's wildcard listener at port " in bridge["why"], bridge
+        assert "own gateway" in bridge["why"] and "(answered)" in bridge["why"], bridge
+    why = recs[("no_firewall_ns+cgroup+dir", "test_network_isolation[bridge]")]["why"]
+    assert "reaches the instance on another network" in why, why  # forwarding on, nothing dropping
+    why = recs[("shared_netns_bridge_ns+cgroup+dir", "test_network_isolation[bridge]")]["why"]
+    assert "is in the host's network namespace" in why and "sees interfaces other than lo" in why, why
+    from stockade.testing.matrix import Matrix
+
+    rows = {r.label: r for r in Matrix.from_results([data]).rows}
+    for iso in ("no_firewall_ns", "shared_netns_bridge_ns"):
+        assert rows[f"{iso}+cgroup+dir"].cells["network_isolation"].outcome == "fail"
+    # nothing of the suite's networks is left: bridges, the extra host interface, tables
+    assert not [k for k in recs if k[1] == "host root teardown"], recs
+    assert _links("stk") <= before, _links("stk") - before
+    assert _tables() <= tables_before, _tables() - tables_before
+
+
 def test_option_words_round_trip() -> None:
     from stockade.testing.declared import option_words, options_of, parse_option
 

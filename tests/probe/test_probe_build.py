@@ -16,6 +16,8 @@ from stockade.testing.probe import (
     ProbeBuildError,
     ProbeOutputError,
     by_restriction,
+    host_listener,
+    parse_connects,
     parse_facts,
     parse_results,
     probe_binary,
@@ -131,6 +133,54 @@ def test_parse_results_and_facts() -> None:
 def test_parse_rejects_malformed_records(line: str) -> None:
     with pytest.raises(ProbeOutputError):
         parse_results(line)
+
+
+def test_connect_and_serve(probe: Path) -> None:
+    """--connect reports each target's answer (the token read, refused, malformed) without
+    waiting out its timeout; --serve answers with its token; the host's wildcard listener
+    answers on loopback, v4 and v6."""
+    import socket
+    import time
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, not listening: refused
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    serve_port = spare.getsockname()[1]
+    spare.close()
+    server = subprocess.Popen(
+        [str(probe), "--serve", str(serve_port), "--serve-token", "peer-token"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert parse_facts(server.stdout.readline()) == {"serving": str(serve_port)}
+        with host_listener("host-token") as port:
+            refused = f"127.0.0.1:{closed.getsockname()[1]}"
+            targets = [f"127.0.0.1:{port}", f"[::1]:{port}", refused, "nonsense", f"127.0.0.1:{serve_port}"]
+            t0 = time.monotonic()
+            out = subprocess.run(
+                [str(probe), "--only", "-", "--connect-timeout", "3000"]
+                + [x for t in targets for x in ("--connect", t)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            took = time.monotonic() - t0
+    finally:
+        server.kill()
+        server.wait()
+        closed.close()
+    got = parse_connects(out)
+    assert got[f"127.0.0.1:{port}"].connected and got[f"127.0.0.1:{port}"].read == "host-token"
+    if os.path.exists("/proc/net/if_inet6"):
+        assert got[f"[::1]:{port}"].read == "host-token"
+    assert got[refused].errno == "ECONNREFUSED" and not got[refused].connected
+    assert got["nonsense"].errno == "EINVAL"
+    assert got[f"127.0.0.1:{serve_port}"].read == "peer-token"
+    assert took < 2.5, took  # every target answered: none waited for the timeout
+    assert "lo=127.0.0.1" in parse_facts(out)["net_ifaces"]
 
 
 @needs_root

@@ -5,9 +5,12 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import pytest
+
 from ..features import Feature
 from .harness import sh
 from .marks import requires
+from .plugin import note
 from .probing import probe_in_instance
 from .subject import MARKER_PATH, Subject
 
@@ -34,11 +37,24 @@ class IsolationSuite:
         assert "cwd=/\n" in out.stdout, f"'..' leads out of the root: {out.stdout!r}"
 
     @requires(Feature.NETWORK_ISOLATION)
-    def test_network_isolation(self, stockade_subject: Subject, stockade_beacons: Any) -> None:
-        """With network mode loopback, nothing of the host's network is reachable or visible."""
+    @pytest.mark.parametrize("mode", ["loopback", "bridge"])
+    def test_network_isolation(
+        self, mode: str, request: pytest.FixtureRequest, stockade_beacons: Any
+    ) -> None:
+        """Nothing of the host's network is reachable or visible from an instance: with network
+        mode loopback, and (where the backend has named networks) from a bridged instance:
+        the host's addresses, another network's instance, the host's interfaces
+        (stockade.testing.netcheck)."""
         import os
 
-        run = probe_in_instance(stockade_subject, stockade_beacons, only=["foreign_network"])
+        subject: Subject = request.getfixturevalue("stockade_subject")
+        if mode == "bridge":
+            from .netcheck import check_bridge_isolation
+
+            for n in check_bridge_isolation(subject, stockade_beacons):
+                note(request, n)
+            return
+        run = probe_in_instance(subject, stockade_beacons, only=["foreign_network"])
         checks = ["foreign_network.host_loopback_tcp", "foreign_network.host_interfaces"]
         for c in checks:
             r = run.results.get(c)
@@ -46,3 +62,8 @@ class IsolationSuite:
             assert r.forbidden, f"{c}: {r.verdict} ({r.detail})"
         host_ns = os.readlink("/proc/self/ns/net")
         assert run.facts.get("ns_net") != host_ns, "the instance is in the host's network namespace"
+        note(
+            request,
+            "loopback: the host's 127.0.0.1 listener unreachable, its interfaces invisible, "
+            "a network namespace of its own",
+        )

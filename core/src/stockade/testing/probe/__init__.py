@@ -9,21 +9,24 @@ from __future__ import annotations
 from .build import (
     CHECKS,
     CONTROLS,
+    ConnectResult,
     ProbeBuildError,
     ProbeError,
     ProbeOutputError,
     ProbeResult,
     Verdict,
     by_restriction,
+    parse_connects,
     parse_facts,
     parse_results,
     probe_binary,
 )
-from .host import HostBeacons, host_beacons
+from .host import HostBeacons, host_beacons, host_interfaces, host_listener
 
 __all__ = [
     "CHECKS",
     "CONTROLS",
+    "ConnectResult",
     "HostBeacons",
     "ProbeBuildError",
     "ProbeError",
@@ -32,6 +35,9 @@ __all__ = [
     "Verdict",
     "by_restriction",
     "host_beacons",
+    "host_interfaces",
+    "host_listener",
+    "parse_connects",
     "parse_facts",
     "parse_results",
     "probe_binary",

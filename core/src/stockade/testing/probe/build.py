@@ -215,6 +215,40 @@ def parse_results(text: str) -> dict[str, ProbeResult]:
     return results
 
 
+@dataclass(frozen=True)
+class ConnectResult:
+    """One ``--connect`` target as the probe reported it (not a check: the suite judges)."""
+
+    target: str
+    errno: str | None  # None: connected
+    read: str  # the first line the peer sent, if it connected
+
+    @property
+    def connected(self) -> bool:
+        return self.errno is None
+
+    def show(self) -> str:
+        if self.connected:
+            return f"{self.target}: connected" + (f", read {self.read!r}" if self.read else "")
+        return f"{self.target}: {self.errno}"
+
+
+def parse_connects(text: str) -> dict[str, ConnectResult]:
+    """The ``--connect`` records in the probe's output, by target."""
+    out: dict[str, ConnectResult] = {}
+    for record in _records(text):
+        target = record.get("connect")
+        if target is None:
+            continue
+        err, read = record.get("errno"), record.get("read", "")
+        if not isinstance(target, str) or not isinstance(read, str):
+            raise ProbeOutputError(f"probe output has a malformed connect record: {record!r}")
+        if err is not None and not isinstance(err, str):
+            raise ProbeOutputError(f"probe output has a malformed connect record: {record!r}")
+        out[target] = ConnectResult(target, err, read)
+    return out
+
+
 def parse_facts(text: str) -> dict[str, str]:
     """The facts in the probe's output (pid, hostname, CapEff, namespaces, ...), by name."""
     facts: dict[str, str] = {}

@@ -105,6 +105,36 @@ def _serve(listeners: list[socket.socket], token: bytes, stop: threading.Event) 
 
 
 @contextlib.contextmanager
+def host_listener(token: str) -> Iterator[int]:
+    """A TCP listener on every host address (the wildcard, IPv6 with v4-mapped where the
+    host has IPv6, else 0.0.0.0) that sends ``token``; yields its port, closed on exit.
+
+    What a host service bound to all addresses looks like: only the instance's own
+    network stack and the host's firewall can keep an instance from reaching it."""
+    stop = threading.Event()
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple[str, int] = ("::", 0)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = ("0.0.0.0", 0)
+    thread: threading.Thread | None = None
+    try:
+        sock.bind(address)
+        sock.listen(64)
+        sock.setblocking(False)
+        thread = threading.Thread(target=_serve, args=([sock], token.encode(), stop), daemon=True)
+        thread.start()
+        yield int(sock.getsockname()[1])
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=2)
+        sock.close()
+
+
+@contextlib.contextmanager
 def host_beacons() -> Iterator[HostBeacons]:
     """Start the host's beacons for one or more probe runs; everything stops on exit."""
     token = secrets.token_hex(8)

@@ -24,6 +24,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <grp.h>
+#include <ifaddrs.h>
 #include <stddef.h>
 #include <dirent.h>
 #include <errno.h>
@@ -79,6 +80,7 @@
 #define DETAIL_MAX 1024
 #define MAX_IFACES 16
 #define MAX_FLAG_DIRS 8
+#define MAX_CONNECTS 32
 
 enum verdict { FORBIDDEN, ALLOWED, INCONCLUSIVE };
 static const char *verdict_names[] = {"forbidden", "allowed", "inconclusive"};
@@ -144,7 +146,12 @@ static struct {
     const char *only[32];
     int n_only;
     long exe_watch_ms;
-} opt = {.host_pid = -1, .host_port = -1};
+    const char *connects[MAX_CONNECTS];
+    int n_connects;
+    long connect_timeout_ms;
+    long serve_port;
+    const char *serve_token;
+} opt = {.host_pid = -1, .host_port = -1, .connect_timeout_ms = 1500, .serve_port = -1};
 
 static char scratch[4096]; /* private temp dir, removed at exit */
 static int checks_run;
@@ -1097,6 +1104,222 @@ static void check_foreign_network(void) {
     }
 }
 
+/* ---------------------------------------------------------------- connect / serve */
+
+/* Not checks: tools the suite uses to measure a bridged instance's network from
+ * inside (docs/probe.md, "Connect and serve"). `--connect ADDR:PORT` ([V6]:PORT)
+ * opens every TCP connection at once, waits up to --connect-timeout ms for all of
+ * them, reads the first line of each that connected, and reports one record per
+ * target: {"connect": TARGET, "errno": null | "ECONNREFUSED" | "ETIMEDOUT" | ...,
+ * "read": FIRST-LINE}. The suite decides what the answers mean. */
+
+static long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void connect_record(const char *target, int err, const char *read) {
+    printf("{\"connect\": ");
+    json_str(stdout, target);
+    printf(", \"errno\": ");
+    if (err)
+        json_str(stdout, errname(err));
+    else
+        fputs("null", stdout);
+    printf(", \"read\": ");
+    json_str(stdout, read);
+    printf("}\n");
+    fflush(stdout);
+}
+
+static int parse_target(const char *t, struct sockaddr_storage *ss, socklen_t *len) {
+    char host[128];
+    const char *colon, *start = t, *end;
+    if (*t == '[') {
+        start = t + 1;
+        end = strchr(start, ']');
+        if (!end || end[1] != ':') return -1;
+        colon = end + 1;
+    } else {
+        colon = strrchr(t, ':');
+        if (!colon) return -1;
+        end = colon;
+    }
+    size_t n = (size_t)(end - start);
+    if (n == 0 || n >= sizeof host) return -1;
+    memcpy(host, start, n);
+    host[n] = 0;
+    long port = atol(colon + 1);
+    if (port <= 0 || port > 65535) return -1;
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        *len = sizeof *sin;
+    } else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *sin6;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static void run_connects(void) {
+    int n = opt.n_connects;
+    int fd[MAX_CONNECTS], err[MAX_CONNECTS], done[MAX_CONNECTS];
+    char got[MAX_CONNECTS][128];
+    size_t have[MAX_CONNECTS];
+    for (int i = 0; i < n; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = 0;
+        fd[i] = -1;
+        err[i] = 0;
+        done[i] = 0;
+        have[i] = 0;
+        got[i][0] = 0;
+        if (parse_target(opt.connects[i], &ss, &len) < 0) {
+            err[i] = EINVAL;
+            done[i] = 2;
+            continue;
+        }
+        fd[i] = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd[i] < 0) {
+            err[i] = errno;
+            done[i] = 2;
+            continue;
+        }
+        if (connect(fd[i], (struct sockaddr *)&ss, len) == 0)
+            done[i] = 1; /* connected: read its line */
+        else if (errno != EINPROGRESS) {
+            err[i] = errno;
+            done[i] = 2;
+        }
+    }
+    /* done: 0 connecting, 1 connected and reading, 2 finished */
+    long deadline = now_ms() + opt.connect_timeout_ms;
+    for (;;) {
+        struct pollfd p[MAX_CONNECTS];
+        int idx[MAX_CONNECTS], m = 0;
+        for (int i = 0; i < n; i++) {
+            if (done[i] == 2) continue;
+            p[m].fd = fd[i];
+            p[m].events = done[i] == 0 ? POLLOUT : POLLIN;
+            p[m].revents = 0;
+            idx[m++] = i;
+        }
+        long left = deadline - now_ms();
+        if (m == 0 || left <= 0) break;
+        if (poll(p, (nfds_t)m, (int)left) < 0 && errno != EINTR) break;
+        for (int k = 0; k < m; k++) {
+            int i = idx[k];
+            if (!p[k].revents) continue;
+            if (done[i] == 0) {
+                socklen_t l = sizeof err[i];
+                getsockopt(fd[i], SOL_SOCKET, SO_ERROR, &err[i], &l);
+                done[i] = err[i] ? 2 : 1;
+            } else {
+                ssize_t r = read(fd[i], got[i] + have[i], sizeof got[i] - 1 - have[i]);
+                if (r > 0) have[i] += (size_t)r;
+                got[i][have[i]] = 0;
+                if (r <= 0 || strchr(got[i], '\n') || have[i] >= sizeof got[i] - 1) done[i] = 2;
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (done[i] == 0) err[i] = ETIMEDOUT;
+        got[i][strcspn(got[i], "\r\n")] = 0;
+        connect_record(opt.connects[i], err[i], got[i]);
+        if (fd[i] >= 0) close(fd[i]);
+    }
+}
+
+/* `--serve PORT`: a TCP listener on every address of the instance (:: with v4-mapped,
+ * else 0.0.0.0) that writes --serve-token and a newline to each connection; runs
+ * until killed. Reports the fact "serving" once it listens. */
+static int serve(void) {
+    int s = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1, zero = 0;
+    int e = 0;
+    if (s >= 0) {
+        struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)opt.serve_port),
+                                 .sin6_addr = in6addr_any};
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        if (bind(s, (struct sockaddr *)&a, sizeof a) < 0 || listen(s, 64) < 0) {
+            e = errno;
+            close(s);
+            s = -1;
+        }
+    }
+    if (s < 0) {
+        s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.serve_port)};
+        if (s >= 0) setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0 || listen(s, 64) < 0) {
+            fact("serve_error", "cannot listen on port %ld: %s", opt.serve_port,
+                 errname(errno ? errno : e));
+            return 1;
+        }
+    }
+    fact("serving", "%ld", opt.serve_port);
+    const char *token = opt.serve_token ? opt.serve_token : "";
+    for (;;) {
+        int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            fact("serve_error", "accept: %s", errname(errno));
+            return 1;
+        }
+        dprintf(c, "%s\n", token);
+        close(c);
+    }
+}
+
+/* The fact "net_ifaces": NAME=ADDR,ADDR;... for every interface of this network
+ * namespace (getifaddrs: AF_PACKET entries name them, AF_INET/AF_INET6 give addresses). */
+static void report_ifaces(void) {
+    struct ifaddrs *ifa = NULL;
+    if (getifaddrs(&ifa) < 0) {
+        fact("net_ifaces", "unknown: getifaddrs: %s", errname(errno));
+        return;
+    }
+    char out[4000] = "";
+    const char *names[64];
+    int nn = 0;
+    for (struct ifaddrs *a = ifa; a; a = a->ifa_next) {
+        int seen = 0;
+        for (int i = 0; i < nn; i++)
+            if (strcmp(names[i], a->ifa_name) == 0) seen = 1;
+        if (!seen && nn < 64) names[nn++] = a->ifa_name;
+    }
+    for (int i = 0; i < nn; i++) {
+        size_t len = strlen(out);
+        snprintf(out + len, sizeof out - len, "%s%s=", i ? ";" : "", names[i]);
+        int first = 1;
+        for (struct ifaddrs *a = ifa; a; a = a->ifa_next) {
+            if (strcmp(a->ifa_name, names[i]) != 0 || !a->ifa_addr) continue;
+            char buf[INET6_ADDRSTRLEN] = "";
+            int fam = a->ifa_addr->sa_family;
+            if (fam == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)a->ifa_addr)->sin_addr, buf, sizeof buf);
+            else if (fam == AF_INET6)
+                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)a->ifa_addr)->sin6_addr, buf, sizeof buf);
+            else
+                continue;
+            len = strlen(out);
+            snprintf(out + len, sizeof out - len, "%s%s", first ? "" : ",", buf);
+            first = 0;
+        }
+    }
+    freeifaddrs(ifa);
+    fact("net_ifaces", "%s", out);
+}
+
 /* ---------------------------------------------------------------- host_processes */
 
 static void check_host_processes(void) {
@@ -1918,7 +2141,8 @@ static void usage(void) {
             "usage: probe [--host-pid PID] [--host-port PORT] [--host-abstract NAME]\n"
             "             [--host-keyring ID] [--host-token TOKEN] [--host-iface NAME[=MAC]]...\n"
             "             [--scratch DIR] [--flags-dir DIR]... [--only CHECK]... [--exe-watch MS]\n"
-            "             [--list]\n");
+            "             [--connect ADDR:PORT]... [--connect-timeout MS]\n"
+            "             [--serve PORT [--serve-token TOKEN]] [--list]\n");
     exit(2);
 }
 
@@ -1955,13 +2179,23 @@ int main(int argc, char **argv) {
             opt.exe_watch_ms = atol(v);
         else if (strcmp(a, "--only") == 0 && opt.n_only < 32)
             opt.only[opt.n_only++] = v;
+        else if (strcmp(a, "--connect") == 0 && opt.n_connects < MAX_CONNECTS)
+            opt.connects[opt.n_connects++] = v;
+        else if (strcmp(a, "--connect-timeout") == 0)
+            opt.connect_timeout_ms = atol(v);
+        else if (strcmp(a, "--serve") == 0)
+            opt.serve_port = atol(v);
+        else if (strcmp(a, "--serve-token") == 0)
+            opt.serve_token = v;
         else
             usage();
     }
     signal(SIGPIPE, SIG_IGN);
     umask(077);
+    if (opt.serve_port > 0) return serve();
     make_scratch();
     report_facts();
+    report_ifaces();
 
     check_kmod();
     check_kernel_modify();
@@ -1980,6 +2214,7 @@ int main(int argc, char **argv) {
     check_proc_exe();
     check_leaked_fds();
     check_open_by_handle();
+    if (opt.n_connects) run_connects();
 
     if (scratch[0] && rmdir(scratch) < 0)
         fact("scratch_left", "%s: %s", scratch, errname(errno));
