@@ -156,8 +156,8 @@ class StateStore:
             return pruned
         for path in files:
             name = path.name[: -len(".lock")]
-            if self.dir(name).exists():
-                continue
+            if name.startswith(".") or self.dir(name).exists():
+                continue  # "." names lock host-wide things (an image import), not an instance
             fd = self._acquire(path, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if fd < 0:
                 continue  # a command is working on that name now
