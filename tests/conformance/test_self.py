@@ -18,23 +18,31 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 
-MODULE = """
-import sys
-sys.path.insert(0, {here!r})
-from liars import ChrootPlugin, LiarsPlugin
-from stockade.plugins import PluginManager
-from stockade.testing import BackendChoice, ConformanceSuite
 
-PLUGINS = PluginManager(extra=[("chroot-example", ChrootPlugin()), ("liars", LiarsPlugin())])
+def suite_module(**classes: tuple[str, str, str, str]) -> str:
+    """A test module for :func:`run_suite`: each class (suite, isolation, quota, storage) on
+    the example chroot backend and the liars, registered as plugins of its own."""
+    out = [
+        "import sys",
+        f"sys.path.insert(0, {str(HERE)!r})",
+        "from liars import ChrootPlugin, LiarsPlugin",
+        "from stockade.plugins import PluginManager",
+        "from stockade import testing",
+        'PLUGINS = PluginManager(extra=[("chroot-example", ChrootPlugin()), ("liars", LiarsPlugin())])',
+    ]
+    for name, (suite, iso, quota, storage) in classes.items():
+        out += [
+            f"class {name}(testing.{suite}):",
+            f"    backends = testing.BackendChoice(isolation={iso!r}, quota={quota!r}, storage={storage!r},"
+            " plugins=PLUGINS)",
+        ]
+    return "\n".join(out) + "\n"
 
 
-class TestChroot(ConformanceSuite):
-    backends = BackendChoice(isolation="chroot", quota="cgroup", storage="dir", plugins=PLUGINS)
-
-
-class TestLiars(ConformanceSuite):
-    backends = BackendChoice(isolation="lying_chroot", quota="lying_quota", storage="dir", plugins=PLUGINS)
-"""
+MODULE = suite_module(
+    TestChroot=("ConformanceSuite", "chroot", "cgroup", "dir"),
+    TestLiars=("ConformanceSuite", "lying_chroot", "lying_quota", "dir"),
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the conformance suite runs instances: needs root")
 
@@ -77,7 +85,7 @@ def run_suite(d: Path, module: str, *args: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    data = run_suite(tmp_path_factory.mktemp("suite"), MODULE.format(here=str(HERE)))
+    data = run_suite(tmp_path_factory.mktemp("suite"), MODULE)
     by: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for rec in data["records"]:
         label = data["subjects"][rec["class"]]["label"]
@@ -115,23 +123,10 @@ def test_liars_fail(outcomes: dict[str, dict[str, list[dict[str, Any]]]]) -> Non
     assert "not enforced" in mem
 
 
-MISSING = """
-import sys
-sys.path.insert(0, {here!r})
-from liars import ChrootPlugin, LiarsPlugin
-from stockade.plugins import PluginManager
-from stockade.testing import BackendChoice, ConformanceSuite
-
-PLUGINS = PluginManager(extra=[("chroot-example", ChrootPlugin()), ("liars", LiarsPlugin())])
-
-
-class TestAbsent(ConformanceSuite):
-    backends = BackendChoice(isolation="chroot", quota="cgroup", storage="absent_storage", plugins=PLUGINS)
-
-
-class TestToolless(ConformanceSuite):
-    backends = BackendChoice(isolation="chroot", quota="cgroup", storage="toolless_storage", plugins=PLUGINS)
-"""
+MISSING = suite_module(
+    TestAbsent=("ConformanceSuite", "chroot", "cgroup", "absent_storage"),
+    TestToolless=("ConformanceSuite", "chroot", "cgroup", "toolless_storage"),
+)
 
 
 def test_missing_prerequisite_is_cannot_run_here(tmp_path: Path) -> None:
@@ -141,7 +136,7 @@ def test_missing_prerequisite_is_cannot_run_here(tmp_path: Path) -> None:
     from conformance.liars import MISSING_MODULE, MISSING_TOOL
     from stockade.testing.matrix import Matrix
 
-    data = run_suite(tmp_path, MISSING.format(here=str(HERE)))
+    data = run_suite(tmp_path, MISSING)
     by_label = {s["label"]: key for key, s in data["subjects"].items()}
     matrix = Matrix.from_results([data])
     rows = {r.label: r for r in matrix.rows}
@@ -173,27 +168,10 @@ def test_missing_prerequisite_is_cannot_run_here(tmp_path: Path) -> None:
     assert "pass" not in md.split("### Notes")[0] and "FAIL" not in md, md
 
 
-LEAKY = """
-import sys
-sys.path.insert(0, {here!r})
-from liars import ChrootPlugin, LiarsPlugin
-from stockade.plugins import PluginManager
-from stockade.testing import BackendChoice, LifecycleSuite
-
-PLUGINS = PluginManager(extra=[("chroot-example", ChrootPlugin()), ("liars", LiarsPlugin())])
-
-
-class TestLeakyLoop(LifecycleSuite):
-    backends = BackendChoice(
-        isolation="chroot", quota="cgroup", storage="leaky_loop_storage", plugins=PLUGINS
-    )
-
-
-class TestLeakyFile(LifecycleSuite):
-    backends = BackendChoice(
-        isolation="chroot", quota="cgroup", storage="leaky_file_storage", plugins=PLUGINS
-    )
-"""
+LEAKY = suite_module(
+    TestLeakyLoop=("LifecycleSuite", "chroot", "cgroup", "leaky_loop_storage"),
+    TestLeakyFile=("LifecycleSuite", "chroot", "cgroup", "leaky_file_storage"),
+)
 
 
 def _detach_loops_under(d: Path) -> list[str]:
@@ -216,7 +194,7 @@ def test_delete_leaving_a_loop_device_or_a_file_fails(tmp_path: Path) -> None:
     try:
         data = run_suite(
             tmp_path,
-            LEAKY.format(here=str(HERE)),
+            LEAKY,
             "-k",
             "test_delete_leaves_nothing",
             f"--stockade-root={roots}",
@@ -246,26 +224,14 @@ def test_delete_leaving_a_loop_device_or_a_file_fails(tmp_path: Path) -> None:
     assert not list(roots.iterdir()), list(roots.iterdir())
 
 
-SLOPPY = """
-import sys
-sys.path.insert(0, {here!r})
-from liars import ChrootPlugin, LiarsPlugin
-from stockade.plugins import PluginManager
-from stockade.testing import BackendChoice, StorageSuite
-
-PLUGINS = PluginManager(extra=[("chroot-example", ChrootPlugin()), ("liars", LiarsPlugin())])
-
-
-class TestSloppy(StorageSuite):
-    backends = BackendChoice(
-        isolation="chroot", quota="cgroup", storage="sloppy_rollback_storage", plugins=PLUGINS
-    )
-"""
+SLOPPY = suite_module(
+    TestSloppy=("StorageSuite", "chroot", "cgroup", "sloppy_rollback_storage"),
+)
 
 
 def test_rollback_that_misses_a_mode_fails(tmp_path: Path) -> None:
     """Snapshot + rollback compares the whole tree: one file's mode not restored fails it."""
-    data = run_suite(tmp_path, SLOPPY.format(here=str(HERE)), "-k", "test_snapshot_rollback_restores_bytes")
+    data = run_suite(tmp_path, SLOPPY, "-k", "test_snapshot_rollback_restores_bytes")
     (rec,) = [r for r in data["records"] if r["column"] == "snapshot"]
     assert rec["outcome"] == "fail", rec
     assert "rollback did not restore the tree" in rec["why"], rec
@@ -273,25 +239,10 @@ def test_rollback_that_misses_a_mode_fails(tmp_path: Path) -> None:
     assert "regular file|600|0:0|/etc/group" in rec["why"], rec
 
 
-LEAKY_BRIDGE = """
-import sys
-sys.path.insert(0, {here!r})
-from liars import LiarsPlugin
-from stockade.plugins import PluginManager
-from stockade.testing import BackendChoice, IsolationSuite
-
-PLUGINS = PluginManager(extra=[("liars", LiarsPlugin())])
-
-
-class TestNoFirewall(IsolationSuite):
-    backends = BackendChoice(isolation="no_firewall_ns", quota="cgroup", storage="dir", plugins=PLUGINS)
-
-
-class TestSharedNetns(IsolationSuite):
-    backends = BackendChoice(
-        isolation="shared_netns_bridge_ns", quota="cgroup", storage="dir", plugins=PLUGINS
-    )
-"""
+LEAKY_BRIDGE = suite_module(
+    TestNoFirewall=("IsolationSuite", "no_firewall_ns", "cgroup", "dir"),
+    TestSharedNetns=("IsolationSuite", "shared_netns_bridge_ns", "cgroup", "dir"),
+)
 
 
 def _links(prefix: str) -> set[str]:
@@ -312,7 +263,7 @@ def test_bridge_that_leaks_fails_network_isolation(tmp_path: Path) -> None:
     if not Path("/proc/self/ns/net").exists():
         pytest.skip("no network namespaces here")
     before, tables_before = _links("stk"), _tables()
-    data = run_suite(tmp_path, LEAKY_BRIDGE.format(here=str(HERE)), "-k", "test_network_isolation")
+    data = run_suite(tmp_path, LEAKY_BRIDGE, "-k", "test_network_isolation")
     by_label = {s["label"]: key for key, s in data["subjects"].items()}
     recs = {
         (label, r["nodeid"].rsplit("::", 1)[-1]): r

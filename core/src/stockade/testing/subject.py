@@ -171,6 +171,8 @@ def elf_interpreter(path: str) -> str | None:
 
 
 def make_root(parent: str | None) -> Path:
+    if parent:  # `stockade --root DIR conformance`: the roots go below DIR, made if need be
+        os.makedirs(parent, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=parent))
 
 
