@@ -9,7 +9,8 @@ from stockade.testing import BackendChoice, ConformanceSuite
 
 class TestLinuxNsCgroupZfs(ConformanceSuite):
     @pytest.fixture(scope="class")
-    def stockade_backends(self, pool: str) -> BackendChoice:
+    @classmethod
+    def stockade_backends(cls, pool: str) -> BackendChoice:
         return BackendChoice(
             isolation="linux_ns",
             quota="cgroup",
