@@ -39,6 +39,17 @@ def suite_module(**classes: tuple[str, str, str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def records_by_row(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """A suite run's records by (row label, test name)."""
+    by_label = {s["label"]: key for key, s in data["subjects"].items()}
+    return {
+        (label, r["nodeid"].rsplit("::", 1)[-1]): r
+        for label, key in by_label.items()
+        for r in data["records"]
+        if r["class"] == key
+    }
+
+
 MODULE = suite_module(
     TestChroot=("ConformanceSuite", "chroot", "cgroup", "dir"),
     TestLiars=("ConformanceSuite", "lying_chroot", "lying_quota", "dir"),
@@ -201,13 +212,7 @@ def test_delete_leaving_a_loop_device_or_a_file_fails(tmp_path: Path) -> None:
         )
     finally:
         leaked = _detach_loops_under(roots)
-    by_label = {s["label"]: key for key, s in data["subjects"].items()}
-    recs = {
-        (label, r["nodeid"].rsplit("::", 1)[-1]): r
-        for label, key in by_label.items()
-        for r in data["records"]
-        if r["class"] == key
-    }
+    recs = records_by_row(data)
     loop_row = "chroot+cgroup+leaky_loop_storage"
     r = recs[(loop_row, "test_delete_leaves_nothing[loopback]")]
     assert r["outcome"] == "fail", r
@@ -264,13 +269,7 @@ def test_bridge_that_leaks_fails_network_isolation(tmp_path: Path) -> None:
         pytest.skip("no network namespaces here")
     before, tables_before = _links("stk"), _tables()
     data = run_suite(tmp_path, LEAKY_BRIDGE, "-k", "test_network_isolation")
-    by_label = {s["label"]: key for key, s in data["subjects"].items()}
-    recs = {
-        (label, r["nodeid"].rsplit("::", 1)[-1]): r
-        for label, key in by_label.items()
-        for r in data["records"]
-        if r["class"] == key
-    }
+    recs = records_by_row(data)
     for iso in ("no_firewall_ns", "shared_netns_bridge_ns"):
         row = f"{iso}+cgroup+dir"
         loop = recs[(row, "test_network_isolation[loopback]")]
