@@ -413,6 +413,37 @@ def test_kill9_mid_create_then_gc_leaves_nothing(host: Host, nets, point: str) -
     again.delete(force=True)
 
 
+def test_supervisor_killed_after_attach_then_gc_leaves_nothing(host: Host, nets) -> None:  # type: ignore[no-untyped-def]
+    """The CLI's create runs in the root's supervisor: SIGKILL it once the bridged network is
+    attached (the fault is inherited from the command's environment), then gc."""
+    import sys
+
+    from stockade_linux_ns.net.names import link_prefix
+
+    nets("neta", SUBNET_A)
+    bridge = host.networks().inspect("neta").bridge
+    env = dict(os.environ, STOCKADE_FAULT="isolation:kill", STOCKADE_SUPERVISOR="1")
+    argv = [sys.executable, "-m", "stockade", "--root", str(host.root)]
+    r = subprocess.run(
+        [*argv, "run", "-d", "--name", "sup", "--network", "neta", "-p", "18084:8080", "--", "sleep", "30"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert [x["name"] for x in host.networks().inspect("neta").instances] == ["sup"]
+    gc = subprocess.run([*argv, "gc"], capture_output=True, text=True, timeout=60)
+    assert gc.returncode == 0 and "lease neta/sup" in gc.stdout, (gc.stdout, gc.stderr)
+    assert host.networks().inspect("neta").instances == () and host.instances() == []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert [ln.split(":")[1].strip() for ln in links.splitlines() if link_prefix(host.tag) in ln] == [bridge]
+    again = host.create(
+        {"name": "sup", "network": {"mode": "bridge", "network": "neta", "publish": ["18084:8080"]}}
+    )
+    again.delete(force=True)  # the name, the address and the port are free again
+
+
 def test_cli_network_commands(host: Host) -> None:
     import json
     import sys
