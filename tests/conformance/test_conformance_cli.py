@@ -124,3 +124,19 @@ def test_conformance_markdown_to_a_file(cli_env: tuple[dict[str, str], Path], tm
     assert cells["CPU quota"] == "not supported"
     assert cells["ptrace"] == "not supported"
     assert "### Notes" in md and "not enforced" in md
+
+
+def test_conformance_a_subset_of_columns(cli_env: tuple[dict[str, str], Path]) -> None:
+    """What a backend author iterating on one feature runs: only those columns' tests."""
+    t0 = time.monotonic()
+    proc = conformance(cli_env, "--column", "memory_limit", "--column", "mount", "--report", "json")
+    took = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (row,) = json.loads(proc.stdout)["rows"]
+    cells = row["cells"]
+    assert {c for c in cells if c != "lifecycle"} == {"memory_limit", "restriction.mount"}, cells
+    assert cells["memory_limit"]["outcome"] == "fail" and cells["restriction.mount"]["outcome"] == "fail"
+    assert json.loads(proc.stdout)["command"].endswith("--column memory_limit --column mount --report json")
+    print(f"two columns: {took:.1f} s")
+    bad = conformance(cli_env, "--column", "nope")
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--column 'nope'" in bad.stderr, bad.stderr

@@ -26,6 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="BACKEND.KEY=VALUE",
         help="a backend option (repeatable), e.g. overlay.quota_fs=btrfs; VALUE is JSON or a string",
     )
+    p.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this matrix column (repeatable): a feature (memory_limit, disk_quota, ...) or a "
+        "restriction (mount, or restriction.mount)",
+    )
     p.add_argument("--report", choices=("md", "json"), default="md", help="matrix format (default md)")
     p.add_argument("--output", "-o", metavar="FILE", help="write the matrix here (default: stdout)")
 
@@ -45,6 +53,7 @@ def cmd_conformance(ns: argparse.Namespace, host: Host) -> int:
     except ValueError as e:
         raise StockadeError(f"--option: {e}") from None
     extra = [f"--stockade-option={word}" for word in ns.option]
+    extra += [f"--stockade-column={c}" for c in _columns(ns.column)]
 
     combos = combinations(
         host.plugins,
@@ -72,6 +81,8 @@ def cmd_conformance(ns: argparse.Namespace, host: Host) -> int:
             argv += [f"--{flag}", getattr(ns, flag)]
     for word in ns.option:
         argv += ["--option", word]
+    for c in ns.column:
+        argv += ["--column", c]
     argv += ["--report", ns.report]
     matrix = Matrix.from_results(runs, command=shlex.join(argv))
     text = matrix.to_markdown() if ns.report == "md" else matrix.to_json()
@@ -83,3 +94,17 @@ def cmd_conformance(ns: argparse.Namespace, host: Host) -> int:
         sys.stdout.write(text + "\n")
     failed = any(cell.outcome == "fail" for row in matrix.rows for cell in row.cells.values())
     return 1 if failed else 0
+
+
+def _columns(names: list[str]) -> list[str]:
+    """Column names as the matrix spells them; a restriction may be given bare."""
+    from ..testing.matrix import FEATURE_COLUMNS, RESTRICTION_COLUMNS
+
+    out = []
+    for n in names:
+        col = n if n in FEATURE_COLUMNS or n.startswith("restriction.") else f"restriction.{n}"
+        if col not in FEATURE_COLUMNS and col not in RESTRICTION_COLUMNS:
+            known = ", ".join([*FEATURE_COLUMNS, *(c.split(".", 1)[1] for c in RESTRICTION_COLUMNS)])
+            raise StockadeError(f"--column {n!r}: no such column (one of: {known})")
+        out.append(col)
+    return out

@@ -42,6 +42,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a backend option (repeatable), e.g. overlay.quota_fs=btrfs; VALUE is JSON or a string",
     )
     group.addoption(
+        "--stockade-column",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="run only the tests of this matrix column (repeatable): a feature such as "
+        "memory_limit, or restriction.NAME",
+    )
+    group.addoption(
         "--stockade-root",
         default=None,
         metavar="DIR",
@@ -186,6 +194,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     The project's own run stays green on a gap it has reported, and turns red when the gap
     is fixed (so the entry goes); the matrix, generated without it, shows the failure.
     """
+    wanted = set(config.getoption("--stockade-column", default=None) or ())
+    if wanted:
+        keep = [i for i in items if column_of(i) in wanted]
+        config.hook.pytest_deselected(items=[i for i in items if column_of(i) not in wanted])
+        items[:] = keep
     for item in items:
         # pytest sets fixtures up by scope, so the class-scoped subject would be built (and
         # skip "cannot run here") before the function-scoped ``requires`` check could say
