@@ -110,7 +110,8 @@ def _need(kind: str) -> None:
 
 
 def _received(inst: Any) -> list[int]:
-    r = inst.run(["cat", "/tmp/recv"])
+    # the server's shell may not have made /tmp/recv yet when the instance has just started
+    r = inst.run(["sh", "-c", "test ! -e /tmp/recv || cat /tmp/recv"])
     assert r.exit_status == 0, r
     return [int(x) for x in r.stdout.split()]
 
