@@ -102,14 +102,11 @@ def test_same_network_tcp_udp_by_name(env: Env) -> None:
 def _forwarding(*links: str) -> Iterator[None]:
     """IPv4 forwarding on for packets arriving on ``links`` while the block runs: the kernel
     would then route between them, so what stops a packet must be the firewall."""
-    conf = [f"/proc/sys/net/ipv4/conf/{link}/forwarding" for link in links]
-    for p in conf:
-        Path(p).write_text("1")
-    try:
+    from stockade.testing.netcheck import ipv4_forwarding
+
+    with ipv4_forwarding(list(links)) as on:
+        assert on == list(links), f"forwarding could not be turned on for all of {links}: {on}"
         yield
-    finally:
-        for p in conf:
-            Path(p).write_text("0")
 
 
 def test_other_network_is_unreachable_even_with_forwarding(env: Env) -> None:

@@ -117,11 +117,14 @@ class StateStore:
     def lock(self, name: str, *, shared: bool = False) -> Iterator[None]:
         """Per-instance lock; every command that changes or decides on an instance holds it."""
         self.locks.mkdir(parents=True, exist_ok=True)
-        fd = self._acquire(self.locks / f"{name}.lock", fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        fd = self._acquire(self._lock_path(name), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
             os.close(fd)
+
+    def _lock_path(self, name: str) -> Path:
+        return self.locks / f"{name}.lock"
 
     @staticmethod
     def _acquire(path: Path, how: int) -> int:
@@ -233,7 +236,7 @@ class StateStore:
         # checks, once it holds a lock, that the file it locked is still the one at the path.
         for d in (self.dir(name), self.run_dir_of(name)):
             shutil.rmtree(d, ignore_errors=True)
-        for path in (self.log_path(name), self.locks / f"{name}.lock"):
+        for path in (self.log_path(name), self._lock_path(name)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
